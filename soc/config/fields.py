@@ -1,0 +1,196 @@
+"""Typed, validated configuration: YAML mappings into frozen dataclasses.
+
+Each dataclass field declares its constraint in metadata (``param(...)``); ``build`` walks a mapping, checks
+unknown keys, types and ranges, and raises ``ConfigError`` with the dotted key path, the expectation and the
+bad value. No third-party schema library: the checks are few and the messages matter more than the machinery.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, Mapping
+
+from soc.errors import ConfigError
+
+_MISSING = dataclasses.MISSING
+
+
+def param(default: Any = _MISSING, *, doc: str = "", ge: float | None = None, gt: float | None = None,
+          le: float | None = None, lt: float | None = None, choices: tuple[Any, ...] | None = None,
+          default_factory: Any = _MISSING) -> Any:
+    """A dataclass field with a documented range; the loader enforces it."""
+    meta = {"doc": doc, "ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices}
+    if default_factory is not _MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if tp is bool:
+        return "true or false"
+    if tp is str:
+        return "a string"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _describe(a) for a in typing.get_args(tp))
+    if origin in (tuple, list):
+        return "a list"
+    if origin is dict:
+        return "a mapping"
+    return str(tp)
+
+
+def _range_text(meta: Mapping[str, Any]) -> str:
+    if meta.get("ge") is not None and meta.get("le") is not None:
+        return f"in [{meta['ge']:g}, {meta['le']:g}]"
+    parts = []
+    for key, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+        if meta.get(key) is not None:
+            parts.append(f"{op} {meta[key]:g}")
+    return " ".join(parts)
+
+
+def _check_range(value: Any, meta: Mapping[str, Any], where: str, what: str) -> None:
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{where}: expected one of {', '.join(map(str, choices))}, got {value!r}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        bad = ((meta.get("ge") is not None and value < meta["ge"]) or (meta.get("gt") is not None and value <= meta["gt"])
+               or (meta.get("le") is not None and value > meta["le"]) or (meta.get("lt") is not None and value >= meta["lt"]))
+        if bad:
+            raise ConfigError(f"{where}: expected {what} {_range_text(meta)}, got {value!r}")
+
+
+def convert(tp: Any, value: Any, where: str, meta: Mapping[str, Any] | None = None) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it converted (lists to tuples, ints to floats)."""
+    meta = meta or {}
+    origin = typing.get_origin(tp)
+    what = _describe(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return convert(arg, value, where, meta)
+            except ConfigError as exc:
+                errors.append(exc)
+        if len(errors) == 1:
+            raise errors[0]
+        raise ConfigError(f"{where}: expected {what}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return build(tp, value, where)
+    if origin in (tuple, list):
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        item_tp = args[0] if args else Any
+        return tuple(convert(item_tp, v, f"{where}[{i}]", meta) for i, v in enumerate(value))
+    if origin is dict:
+        key_tp, val_tp = typing.get_args(tp)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        out = {}
+        for k, v in value.items():
+            if key_tp is int and isinstance(k, str) and k.lstrip("-").isdigit():
+                k = int(k)
+            key = convert(key_tp, k, f"{where}.{k}")
+            out[key] = convert(val_tp, v, f"{where}.{k}", meta)
+        return out
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+                value = int(value)
+            else:
+                raise ConfigError(f"{where}: expected an integer {_range_text(meta)}".rstrip()
+                                  + f", got {value!r}")
+        _check_range(value, meta, where, "an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number {_range_text(meta)}".rstrip() + f", got {value!r}")
+        value = float(value)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        _check_range(value, meta, where, "a number")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        _check_range(value, meta, where, "a string")
+        return value
+    raise TypeError(f"unsupported annotation {tp!r} at {where}")
+
+
+def build(cls: type, data: Mapping[str, Any], where: str) -> Any:
+    """Build dataclass ``cls`` from ``data``; unknown keys and missing required keys are errors."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    prefix = f"{where}." if where and not where.endswith(":") else where + (" " if where else "")
+    for key in data:
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{prefix}{key}: unknown key (expected one of: {known})")
+    kwargs = {}
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = convert(hints[name], data[name], f"{prefix}{name}", f.metadata)
+        elif f.default is _MISSING and f.default_factory is _MISSING:
+            raise ConfigError(f"{prefix}{name}: required key is missing ({_describe(hints[name])})")
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except ValueError as exc:  # cross-field checks in __post_init__
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def to_dict(obj: Any) -> Any:
+    """The resolved config as plain YAML/JSON-able data (tuples become lists)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def field_docs(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(dotted key, type, default, doc) for every field, recursively: the README's parameter table."""
+    rows = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(tp):
+            rows.extend(field_docs(tp, key + "."))
+            continue
+        default = f.default if f.default is not _MISSING else ("(required)" if f.default_factory is _MISSING
+                                                               else to_dict(f.default_factory()))
+        rng = _range_text(f.metadata) if f.metadata else ""
+        choices = f.metadata.get("choices") if f.metadata else None
+        doc = f.metadata.get("doc", "") if f.metadata else ""
+        if choices:
+            doc += f" One of: {', '.join(map(str, choices))}."
+        if rng:
+            doc += f" Range: {rng}."
+        rows.append((key, _describe(tp), str(default), doc.strip()))
+    return rows

@@ -1,0 +1,34 @@
+"""The digital processor: exact attention for the kept pairs on a MAC array at its clock.
+
+Timing rule per tile job: ``job_overhead_cycles + ceil(2 * kept_pairs * head_dim / mac_lanes)`` (Q.K then P.V)
+``+ ceil(kept_pairs / softmax_lanes)`` (exp and running sum) ``+ ceil(rows_kept * head_dim / mac_lanes)``
+(the online-softmax rescale of the running output when a new key tile raises the row maximum).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from soc.hw.base import Block, Port, register
+
+
+@register("digital", "mac_array")
+class MacArrayProcessor(Block):
+    def __init__(self, env, name, cfg, recorder) -> None:
+        super().__init__(env, name, cfg, recorder)
+        self.macs: Port = self.port()
+
+    def compute_ns(self, pairs_kept: np.ndarray, rows_kept: np.ndarray, head_dim: int) -> np.ndarray:
+        cfg = self.cfg
+        lanes = cfg.mac_lanes
+        cycles = (cfg.job_overhead_cycles + np.ceil(2 * pairs_kept * head_dim / lanes)
+                  + np.ceil(pairs_kept / cfg.softmax_lanes) + np.ceil(rows_kept * head_dim / lanes))
+        return cycles / cfg.clock_ghz
+
+    def record_job(self, macs: float, exps: float) -> None:
+        self.count("macs", macs)
+        self.count("exps", exps)
+
+    def dynamic_energy_pj(self) -> dict[str, float]:
+        c, cfg = self.counts, self.cfg
+        return {"mac": c.get("macs", 0.0) * cfg.mac_pj, "softmax": c.get("exps", 0.0) * cfg.softmax_pj}

@@ -1,0 +1,57 @@
+"""On-chip SRAM banks and the off-chip DRAM (bandwidth-latency model).
+
+SRAM: ``banks`` banks of ``width_bytes`` per cycle, one port each; consecutive addresses interleave across banks,
+so an access of B bytes from address a occupies the banks it touches for ``ceil(B / (banks_touched * width))``
+cycles, and two accesses that share a bank serialize. DRAM (``simple``): one channel that serves an access in
+``latency_ns + bytes / bandwidth``.
+"""
+
+from __future__ import annotations
+
+import math
+
+from soc.hw.base import Block, Port, register
+
+
+@register("sram", "banked")
+class BankedSram(Block):
+    def __init__(self, env, name, cfg, recorder) -> None:
+        super().__init__(env, name, cfg, recorder)
+        self.bank_ports: list[Port] = [self.port(f"bank{i}") for i in range(cfg.banks)]
+        self._cursor = 0  # next address: accesses stream through the banks round-robin
+
+    @property
+    def capacity_bytes(self) -> int:
+        return self.cfg.capacity_bytes
+
+    def access(self, nbytes: float, write: bool) -> list[tuple[Port, float]]:
+        cfg = self.cfg
+        words = max(1, math.ceil(nbytes / cfg.width_bytes))
+        touched = min(cfg.banks, words)
+        first = self._cursor % cfg.banks
+        self._cursor = (self._cursor + words) % cfg.banks
+        duration = math.ceil(words / touched) / cfg.clock_ghz
+        self.count("write_bytes" if write else "read_bytes", nbytes)
+        return [(self.bank_ports[(first + i) % cfg.banks], duration) for i in range(touched)]
+
+    def dynamic_energy_pj(self) -> dict[str, float]:
+        c, cfg = self.counts, self.cfg
+        return {"read": c.get("read_bytes", 0.0) * cfg.read_pj_per_byte,
+                "write": c.get("write_bytes", 0.0) * cfg.write_pj_per_byte}
+
+
+@register("dram", "simple")
+class SimpleDram(Block):
+    def __init__(self, env, name, cfg, recorder) -> None:
+        super().__init__(env, name, cfg, recorder)
+        self.channel: Port = self.port("ch0")
+
+    def access(self, nbytes: float, write: bool) -> list[tuple[Port, float]]:
+        cfg = self.cfg
+        self.count("write_bytes" if write else "read_bytes", nbytes)
+        return [(self.channel, cfg.latency_ns + nbytes / cfg.bandwidth_gb_per_s)]
+
+    def dynamic_energy_pj(self) -> dict[str, float]:
+        c, cfg = self.counts, self.cfg
+        return {"read": c.get("read_bytes", 0.0) * cfg.read_pj_per_byte,
+                "write": c.get("write_bytes", 0.0) * cfg.write_pj_per_byte}

@@ -1,0 +1,237 @@
+"""The SoC as SimPy processes: build the blocks from a config, wire them on the interconnect, run the tiles.
+
+Phases: build (blocks from the registry by kind) -> elaborate (graph checks, routes, capacities) -> run ->
+collect. Per CIM/digital pair three processes overlap:
+
+- ``cim``: loads the query tile and (when needed) the key tile into the array, scores, sends the keep bitmap and
+  puts the tile into the token buffer (waiting while it is full: back-pressure);
+- ``fetch``: takes a tile from the token buffer and fetches the K/V rows it needs from DRAM into SRAM, then hands
+  it to the digital side through a two-slot K/V buffer (double buffering);
+- ``digital``: reads the rows from SRAM, computes the kept pairs, writes the output when a query tile is done.
+
+So the CIM scores tile i+1 while the digital processor computes tile i, and K/V loads overlap compute.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import simpy
+
+from soc.config.schema import SocConfig
+from soc.dataflow import Shape, demand, key_tile_keys, kv_placement
+from soc.errors import SimulationStalled, WiringError
+from soc.hw import base as hwbase
+from soc.hw.base import Block, hold
+from soc.recorder import OFF, Recorder
+
+# fields of the per-chunk tuple the processes read (a tuple: attribute access costs more than indexing)
+_ROW = ("layer", "head", "qtile", "ktile", "pairs_kept", "q_load_bytes", "q_msb_bytes", "kmsb_bytes",
+        "write_ns", "score_ns", "mask_bytes", "kv_fetch_bytes", "kv_read_bytes", "compute_ns", "out_bytes",
+        "cim_macs", "cim_compares", "array_write_bits", "digital_macs", "digital_exps")
+(LAYER, HEAD, QTILE, KTILE, KEPT, QLOAD, QMSB, KMSB, WRITE_NS, SCORE_NS, MASK, KVFETCH, KVREAD, COMPUTE_NS,
+ OUT, CIM_MACS, CIM_CMP, WBITS, DMACS, DEXPS) = range(len(_ROW))
+
+
+@dataclass
+class SimStats:
+    """What the run measured; the report is built from this and the functional result."""
+    latency_ns: float
+    events: int
+    wall_s: float
+    placement: str
+    key_tile: int
+    blocks: dict[str, Block] = field(default_factory=dict)
+    utilization: dict[str, float] = field(default_factory=dict)
+    busy_ns: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, dict[str, float]] = field(default_factory=dict)
+    link_bytes: dict[str, float] = field(default_factory=dict)
+    token_buffer_peak: int = 0
+
+
+class System:
+    """One SoC instance for one workload shape. ``run(chunks)`` may be called once."""
+
+    def __init__(self, cfg: SocConfig, shape: Shape, recorder: Recorder = OFF) -> None:
+        self.cfg = cfg
+        self.shape = shape
+        self.env = simpy.Environment()
+        self.recorder = recorder
+        self.waiting: dict[str, str] = {}
+        self._build()
+        self._elaborate()
+
+    # --- build & elaborate ---------------------------------------------------------------------------------
+    def _build(self) -> None:
+        cfg, env, rec = self.cfg, self.env, self.recorder
+        make = hwbase.block_class
+        self.pairs = cfg.cim.count
+        self.cims = [make("cim", cfg.cim.kind)(env, f"cim{i}", cfg.cim, rec) for i in range(self.pairs)] \
+            if cfg.cim.enabled else []
+        self.digitals = [make("digital", cfg.digital.kind)(env, f"digital{i}", cfg.digital, rec)
+                         for i in range(self.pairs)]
+        self.buffers = [make("token_buffer", cfg.token_buffer.kind)(env, f"token_buffer{i}", cfg.token_buffer, rec)
+                        for i in range(self.pairs)]
+        self.sram = make("sram", cfg.sram.kind)(env, "sram", cfg.sram, rec)
+        self.dram = make("dram", cfg.dram.kind)(env, "dram", cfg.dram, rec)
+        self.net = make("interconnect", "graph")(env, "interconnect", cfg.interconnect, rec)
+        self.blocks: dict[str, Block] = {b.name: b for b in (*self.cims, *self.digitals, *self.buffers,
+                                                               self.sram, self.dram)}
+        self.memories = {"sram": self.sram, "dram": self.dram}
+
+    def _elaborate(self) -> None:
+        if self.cfg.token_buffer.depth_entries < 1:
+            raise WiringError("token_buffer.depth_entries: expected an integer >= 1 (a buffer of 0 entries can "
+                              "never pass a tile from the CIM core to the digital processor), got "
+                              f"{self.cfg.token_buffer.depth_entries}")
+        placed = {b.name for b in (*self.cims, *self.digitals, self.sram, self.dram)}
+        self.net.check_nodes(placed)
+        needed = []
+        for i in range(self.pairs):
+            d = f"digital{i}"
+            needed += [("dram", "sram"), ("sram", d), (d, "sram"), ("sram", "dram")]
+            if self.cims:
+                c = f"cim{i}"
+                needed += [("sram", c), ("dram", c), (c, d)]
+        for src, dst in needed:
+            self.net.add_route(src, dst)
+        self.key_tile = key_tile_keys(self.cfg, self.shape.head_dim)
+        self.placement = kv_placement(self.cfg, self.shape)
+
+    # --- transfers -----------------------------------------------------------------------------------------
+    def _move(self, src: str, dst: str, nbytes: float, label: str):
+        jobs = self.net.transfer(src, dst, nbytes)
+        if src in self.memories:
+            jobs += self.memories[src].access(nbytes, write=False)
+        if dst in self.memories:
+            jobs += self.memories[dst].access(nbytes, write=True)
+        yield from hold(self.env, jobs, label)
+
+    # --- stages --------------------------------------------------------------------------------------------
+    def _cim_stage(self, i: int, rows: list[tuple]):
+        env, cim, tb, dig = self.env, self.cims[i], self.buffers[i], f"digital{i}"
+        me, name = f"cim{i}", f"cim{i}"
+        array = cim.array
+        for r in rows:
+            if r[QLOAD]:
+                self.waiting[me] = "query tile load (dram -> sram)"
+                yield from self._move("dram", "sram", r[QLOAD], "q_load")
+                yield from self._move("sram", name, r[QMSB], "q_msb")
+            if r[KMSB]:
+                self.waiting[me] = "key tile load (dram -> array)"
+                yield from self._move("dram", name, r[KMSB], "k_msb")
+                yield from hold(env, [(array, r[WRITE_NS])], "array_write")
+            self.waiting[me] = "the array"
+            yield from hold(env, [(array, r[SCORE_NS])], "score",
+                            {"layer": r[LAYER], "head": r[HEAD], "qtile": r[QTILE], "ktile": r[KTILE],
+                             "kept": r[KEPT]} if array._span is not None else None)
+            cim.record_chunk(r[CIM_MACS], r[CIM_CMP], r[WBITS])
+            yield from self._move(name, dig, r[MASK], "mask")
+            self.waiting[me] = f"token_buffer{i} (full)"
+            yield from tb.put(r, r[MASK])
+        self.waiting.pop(me, None)
+
+    def _feed_stage(self, i: int, rows: list[tuple]):
+        """Without a CIM core every tile goes straight to the digital side."""
+        tb = self.buffers[i]
+        for r in rows:
+            self.waiting[f"feed{i}"] = f"token_buffer{i} (full)"
+            yield from tb.put(r, 0)
+        self.waiting.pop(f"feed{i}", None)
+
+    def _fetch_stage(self, i: int, n: int, ready: simpy.Store):
+        tb, me = self.buffers[i], f"fetch{i}"
+        for _ in range(n):
+            self.waiting[me] = f"token_buffer{i} (empty)"
+            r = yield from tb.get()
+            if r[KVFETCH]:
+                self.waiting[me] = "K/V fetch (dram -> sram)"
+                yield from self._move("dram", "sram", r[KVFETCH], "kv_fetch")
+            self.waiting[me] = f"kv buffer of digital{i} (full)"
+            yield ready.put(r)
+        self.waiting.pop(me, None)
+
+    def _digital_stage(self, i: int, n: int, ready: simpy.Store):
+        env, dig = self.env, self.digitals[i]
+        name, macs = dig.name, dig.macs
+        for _ in range(n):
+            self.waiting[name] = "kv buffer (empty)"
+            r = yield ready.get()
+            self.waiting[name] = "K/V read (sram -> digital)"
+            yield from self._move("sram", name, r[KVREAD], "kv_read")
+            self.waiting[name] = "the MAC array"
+            yield from hold(env, [(macs, r[COMPUTE_NS])], "attend",
+                            {"layer": r[LAYER], "head": r[HEAD], "qtile": r[QTILE], "ktile": r[KTILE],
+                             "kept": r[KEPT]} if macs._span is not None else None)
+            dig.record_job(r[DMACS], r[DEXPS])
+            if r[OUT]:
+                self.waiting[name] = "output write-back"
+                yield from self._move(name, "sram", r[OUT], "out")
+                yield from self._move("sram", "dram", r[OUT], "out_writeback")
+        self.waiting.pop(name, None)
+
+    # --- run -----------------------------------------------------------------------------------------------
+    def timing_table(self, chunks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Demand plus the blocks' durations, per chunk (vectorized, before the event loop)."""
+        d = demand(chunks, self.cfg, self.shape, self.placement)
+        hd = self.shape.head_dim
+        if self.cims:
+            cim = self.cims[0]
+            d["write_ns"] = cim.write_ns(d["array_loads"] * chunks["k_cols"], hd)
+            d["score_ns"] = cim.score_ns(chunks["q_rows"], chunks["k_cols"], d["rule_code"], d["tiles_per_head"])
+        else:
+            d["write_ns"] = d["score_ns"] = np.zeros(len(chunks["layer"]))
+        d["compute_ns"] = self.digitals[0].compute_ns(chunks["pairs_kept"], chunks["rows_kept"], hd)
+        return d
+
+    def run(self, chunks: dict[str, np.ndarray]) -> SimStats:
+        wall0 = time.perf_counter()
+        table = self.timing_table(chunks)
+        cols = [chunks[k] if k in chunks else table[k] for k in _ROW]
+        rows = list(zip(*(c.tolist() for c in cols)))
+        head_id = (chunks["layer"] * self.shape.heads + chunks["head"]) % self.pairs
+        owner = head_id.tolist()
+        per_pair: list[list[tuple]] = [[] for _ in range(self.pairs)]
+        for r, p in zip(rows, owner):
+            per_pair[p].append(r)
+        procs = []
+        for i, mine in enumerate(per_pair):
+            ready = simpy.Store(self.env, capacity=2)
+            stage = self._cim_stage(i, mine) if self.cims else self._feed_stage(i, mine)
+            procs.append(self.env.process(stage))
+            procs.append(self.env.process(self._fetch_stage(i, len(mine), ready)))
+            procs.append(self.env.process(self._digital_stage(i, len(mine), ready)))
+        self.env.run()
+        if any(p.is_alive for p in procs):
+            blocked = "; ".join(f"{k} waits for {v}" for k, v in sorted(self.waiting.items()))
+            raise SimulationStalled(f"simulation stalled at t={self.env.now:.1f} ns with work left: {blocked}")
+        return self._collect(time.perf_counter() - wall0)
+
+    def _collect(self, wall_s: float) -> SimStats:
+        end = self.env.now
+        stats = SimStats(latency_ns=end, events=_events(self.env), wall_s=wall_s, placement=self.placement,
+                         key_tile=self.key_tile, blocks=dict(self.blocks))
+        for name, block in self.blocks.items():
+            stats.busy_ns[name] = block.busy_ns()
+            stats.utilization[name] = block.busy_ns() / end if end > 0 else 0.0
+            stats.counts[name] = dict(block.counts)
+        for bank in self.sram.bank_ports:
+            stats.busy_ns[bank.name] = bank.busy_ns
+        for port in self.net.link_ports.values():
+            stats.busy_ns[port.name] = port.busy_ns
+        stats.utilization.update({f"link {k}": v for k, v in self.net.link_utilization(end).items()})
+        stats.link_bytes = {f"{u}->{v}": b for (u, v), b in self.net.link_bytes.items()}
+        stats.token_buffer_peak = max(b.peak for b in self.buffers)
+        stats.blocks["interconnect"] = self.net
+        return stats
+
+
+def _events(env: simpy.Environment) -> int:
+    """Events scheduled so far (SimPy numbers every scheduled event)."""
+    eid: Any = getattr(env, "_eid", None)
+    if eid is None:
+        return 0
+    return int(next(eid))

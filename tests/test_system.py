@@ -1,0 +1,117 @@
+"""Whole-run invariants of the simulator on small traces."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from soc.config import load_config
+from soc.dataflow import demand, traffic_totals
+from soc.errors import WiringError
+from soc.simulate import shape_of, simulate
+
+
+@pytest.fixture(scope="module")
+def hybrid_run(paper_cfg, small_trace):
+    return simulate(paper_cfg, small_trace)
+
+
+def test_dense_config_is_exact_attention(dense_cfg, small_trace):
+    r = simulate(dense_cfg, small_trace).report
+    assert r["pruning"]["kept_fraction"] == 1.0
+    assert r["accuracy"]["output_rel_err"] < 1e-5
+    assert r["accuracy"]["top1_agreement"] == 1.0
+
+
+def test_pruning_disabled_output_equals_exact_attention(dense_cfg, causal_trace):
+    from soc.attention.exact import attention
+
+    res = simulate(dense_cfg, causal_trace, keep_output=True)
+    m = causal_trace.meta
+    for layer in range(m.layers):
+        ref, _ = attention(causal_trace.q[layer].astype(np.float64), causal_trace.k[layer].astype(np.float64),
+                           causal_trace.v[layer].astype(np.float64), m.scale, m.causal, m.query_offset)
+        got = res.functional.output[layer]
+        assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 1e-5
+
+
+def test_hybrid_prunes_and_saves_dram(hybrid_run):
+    r = hybrid_run.report
+    assert 0.15 < r["pruning"]["kept_fraction"] < 0.35  # calibrated to 0.25
+    assert r["traffic"]["savings"]["dram"] > 1.0
+    dense, t = r["traffic"]["dense"], r["traffic"]
+    assert dense["dram_read_bytes"] + dense["dram_write_bytes"] > t["dram_read_bytes"] + t["dram_write_bytes"]
+
+
+def test_utilization_in_unit_interval_and_latency_covers_busy_time(hybrid_run):
+    r = hybrid_run.report
+    for name, u in r["utilization_by_instance"].items():
+        assert 0.0 <= u <= 1.0 + 1e-12, name
+    lat = r["time"]["latency_ns"]
+    for name, busy in r["time"]["busy_ns"].items():
+        assert busy <= lat * (1 + 1e-12), name
+
+
+def test_bytes_counted_in_the_event_loop_equal_the_demand_of_the_masks(paper_cfg, small_trace, hybrid_run):
+    res = hybrid_run
+    shape = shape_of(small_trace)
+    expect = traffic_totals(demand(res.functional.chunks, paper_cfg, shape, res.stats.placement))
+    for key, value in expect.items():
+        assert res.report["traffic"][key] == pytest.approx(value), key
+
+
+def test_bytes_conserved_along_routes(hybrid_run):
+    """Every byte that leaves DRAM crosses the dram->sram link; every byte written back crosses sram->dram."""
+    t = hybrid_run.report["traffic"]
+    links = t["link_bytes"]
+    assert links["dram->sram"] == pytest.approx(t["dram_read_bytes"])
+    assert links["sram->dram"] == pytest.approx(t["dram_write_bytes"])
+    d = demand(hybrid_run.functional.chunks, hybrid_run.config, shape_of_result(hybrid_run), hybrid_run.stats.placement)
+    assert links["cim0->digital0"] == pytest.approx(d["mask_bytes"].sum())
+
+
+def shape_of_result(res):
+    w = res.report["workload"]
+    from soc.dataflow import Shape
+    return Shape(w["layers"], w["heads"], w["seq_q"], w["seq_len"], w["head_dim"])
+
+
+def test_token_buffer_back_pressure_slows_the_cim_when_digital_is_the_bottleneck(paper_cfg, small_trace):
+    slow_digital = ["digital.mac_lanes=8", "pruning.target_kept_fraction=0.5", "dram.bandwidth_gb_per_s=200",
+                    "interconnect.links.0.bandwidth_gb_per_s=200"]
+    cfg1 = load_config("configs/hybrid65nm.yaml", slow_digital + ["token_buffer.depth_entries=1"])
+    cfg8 = load_config("configs/hybrid65nm.yaml", slow_digital + ["token_buffer.depth_entries=8"])
+    r1 = simulate(cfg1, small_trace).report
+    r8 = simulate(cfg8, small_trace).report
+    assert r1["time"]["latency_ns"] > r8["time"]["latency_ns"]
+    assert r1["utilization"]["token_buffer"] > 0.5  # the single slot is full most of the time
+
+
+def test_same_seed_same_report_different_seed_changes_only_noise(paper_cfg, small_trace):
+    a = simulate(paper_cfg, small_trace, seed=3).report
+    b = simulate(paper_cfg, small_trace, seed=3).report
+    for r in (a, b):
+        r.pop("sim")
+    assert a == b
+
+
+def test_token_buffer_of_zero_entries_is_refused(small_trace):
+    cfg = load_config("configs/hybrid65nm.yaml", ["token_buffer.depth_entries=0"])
+    with pytest.raises(WiringError, match="token_buffer.depth_entries"):
+        simulate(cfg, small_trace)
+
+
+def test_missing_link_is_refused(small_trace):
+    cfg = load_config("configs/hybrid65nm.yaml")
+    links = tuple(link for link in cfg.interconnect.links if "cim0" not in (link.a, link.b))
+    cfg = dataclasses.replace(cfg, interconnect=dataclasses.replace(cfg.interconnect, links=links))
+    with pytest.raises(WiringError, match="'cim0' has no link"):
+        simulate(cfg, small_trace)
+
+
+def test_sram_too_small_for_a_tile_is_refused(small_trace):
+    cfg = load_config("configs/hybrid65nm.yaml", ["sram.banks=1", "sram.bank_bytes=1024"])
+    with pytest.raises(WiringError, match="sram"):
+        simulate(cfg, small_trace)
