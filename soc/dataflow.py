@@ -36,26 +36,41 @@ def key_tile_keys(cfg: SocConfig, head_dim: int) -> int:
     return tile
 
 
-def kv_placement(cfg: SocConfig, shape: Shape) -> str:
-    """'resident' when a head's K and V fit in SRAM beside a query tile and its output, else 'stream'."""
+@dataclass(frozen=True)
+class Placement:
+    """Where K/V and the keys' MSBs live for one head.
+
+    ``kv``: 'resident' (each K/V row fetched from DRAM at most once per head) or 'stream' (fetched for every
+    query tile that keeps it). ``msb_on_chip``: the keys' MSBs are fetched once per head into SRAM and the CIM
+    array is reloaded from there; otherwise every array load reads them from DRAM.
+    """
+    kv: str
+    msb_on_chip: bool
+    sram_bytes_needed: int
+
+
+def kv_placement(cfg: SocConfig, shape: Shape) -> Placement:
     elem = cfg.dataflow.element_bytes
-    q_tile = cfg.dataflow.q_tile_rows * shape.head_dim * (elem + cfg.dataflow.output_bytes)
-    head_kv = 2 * shape.seq_k * shape.head_dim * elem
-    k_tile = key_tile_keys(cfg, shape.head_dim)
-    double_buffer = 2 * 2 * min(k_tile, shape.seq_k) * shape.head_dim * elem
+    hd = shape.head_dim
+    q_tile = cfg.dataflow.q_tile_rows * hd * (elem + cfg.dataflow.output_bytes)
+    head_kv = 2 * shape.seq_k * hd * elem
+    k_tile = key_tile_keys(cfg, hd)
+    double_buffer = 2 * 2 * min(k_tile, shape.seq_k) * hd * elem
+    msb = -(-shape.seq_k * hd * cfg.cim.key_bits // 8) if cfg.cim.enabled else 0
     cap = cfg.sram.capacity_bytes
     if q_tile + double_buffer > cap:
         raise WiringError(f"sram: {cap} bytes cannot hold one query tile and two key tiles of K/V "
                           f"({q_tile + double_buffer} bytes); raise sram.banks or sram.bank_bytes or lower "
                           f"dataflow.q_tile_rows")
     want = cfg.dataflow.kv_placement
-    fits = q_tile + head_kv <= cap
+    fits = q_tile + head_kv + msb <= cap
     if want == "resident" and not fits:
-        raise WiringError(f"dataflow.kv_placement: resident needs {q_tile + head_kv} bytes of SRAM for one head, "
-                          f"have {cap}")
-    if want == "auto":
-        return "resident" if fits else "stream"
-    return want
+        raise WiringError(f"dataflow.kv_placement: resident needs {q_tile + head_kv + msb} bytes of SRAM for "
+                          f"one head, have {cap}")
+    kv = ("resident" if fits else "stream") if want == "auto" else want
+    used = q_tile + (head_kv if kv == "resident" else double_buffer)
+    msb_on_chip = cfg.cim.enabled and used + msb <= cap
+    return Placement(kv=kv, msb_on_chip=msb_on_chip, sram_bytes_needed=used + (msb if msb_on_chip else 0))
 
 
 def rule_codes(cfg: SocConfig, layers: int) -> np.ndarray:
@@ -69,12 +84,24 @@ def rule_codes(cfg: SocConfig, layers: int) -> np.ndarray:
     return codes
 
 
-def demand(chunks: dict[str, np.ndarray], cfg: SocConfig, shape: Shape, placement: str) -> dict[str, np.ndarray]:
-    """Bytes and operations per chunk. All arrays are float64 of the chunk count."""
+def _first_occurrence(*keys: np.ndarray) -> np.ndarray:
+    """True where a combination of keys appears for the first time (chunks are in walk order)."""
+    n = len(keys[0])
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+    combo = np.ravel_multi_index(keys, tuple(int(k.max()) + 1 for k in keys))
+    _, first = np.unique(combo, return_index=True)
+    out = np.zeros(n, dtype=bool)
+    out[first] = True
+    return out
+
+
+def demand(chunks: dict[str, np.ndarray], cfg: SocConfig, shape: Shape, placement: Placement) -> dict[str, np.ndarray]:
+    """Bytes and operations per chunk (float64 arrays of the chunk count)."""
     n = len(chunks["layer"])
     hd = shape.head_dim
     elem = cfg.dataflow.element_bytes
-    layer, head, qtile = chunks["layer"], chunks["head"], chunks["qtile"]
+    layer, head, qtile, ktile = chunks["layer"], chunks["head"], chunks["qtile"], chunks["ktile"]
     head_id = layer * shape.heads + head
     new_head = np.ones(n, dtype=bool)
     new_head[1:] = head_id[1:] != head_id[:-1]
@@ -89,36 +116,45 @@ def demand(chunks: dict[str, np.ndarray], cfg: SocConfig, shape: Shape, placemen
     tiles_per_head = np.full(n, -(-shape.seq_k // k_tile), dtype=np.int64)
     codes = rule_codes(cfg, shape.layers)[layer]
     cim_on = cfg.cim.enabled
-    # the array is rewritten whenever a head has several key tiles (query-outer order), else once per head;
-    # a margin rule over several tiles scores every chunk twice, so it loads every tile twice
+    zeros = np.zeros(n)
+    # the array is rewritten for every chunk when a head has several key tiles (query-outer order), else once
+    # per head; a margin rule over several tiles scores every chunk twice, so it loads every tile twice
     passes = np.where((codes == RULE_CODES["margin"]) & (tiles_per_head > 1), 2.0, 1.0)
-    loads = np.where(tiles_per_head > 1, passes, new_head.astype(np.float64)) if cim_on else np.zeros(n)
-    fetched = chunks["new_keys"] if placement == "resident" else chunks["union_keys"]
+    loads = np.where(tiles_per_head > 1, passes, new_head.astype(np.float64)) if cim_on else zeros
+    msb_bytes_per_key = hd * cfg.cim.key_bits / 8.0
+    first_use = _first_occurrence(head_id, ktile)
+    fetched = chunks["new_keys"] if placement.kv == "resident" else chunks["union_keys"]
     q_load = first_k * q_rows * hd * elem
-    out = {
+    kmsb_load = loads * k_cols * msb_bytes_per_key
+    return {
         "first_k": first_k, "last_k": last_k, "rule_code": codes, "tiles_per_head": tiles_per_head,
         "array_loads": loads,
         "q_load_bytes": q_load,
-        "q_msb_bytes": first_k * q_rows * hd * cfg.cim.query_bits / 8.0 if cim_on else np.zeros(n),
-        "kmsb_bytes": loads * k_cols * hd * cfg.cim.key_bits / 8.0,
-        "array_write_bits": loads * k_cols * hd * cfg.cim.key_bits,
-        "mask_bytes": q_rows * k_cols / 8.0 if cim_on else np.zeros(n),
+        "q_msb_bytes": first_k * q_rows * hd * cfg.cim.query_bits / 8.0 if cim_on else zeros,
+        # keys' MSBs: DRAM -> SRAM once per (head, key tile) when they stay on chip
+        "kmsb_fetch_bytes": first_use * k_cols * msb_bytes_per_key if cim_on and placement.msb_on_chip else zeros,
+        "kmsb_load_bytes": kmsb_load,
+        "array_write_bits": kmsb_load * 8.0,
+        "mask_bytes": q_rows * k_cols / 8.0 if cim_on else zeros,
         "kv_fetch_bytes": fetched * 2.0 * hd * elem,
         "kv_read_bytes": chunks["union_keys"] * 2.0 * hd * elem + q_load,
         "out_bytes": last_k * q_rows * hd * cfg.dataflow.output_bytes,
-        "cim_macs": (q_rows * k_cols * hd * passes) if cim_on else np.zeros(n),
-        "cim_compares": (q_rows * k_cols * passes) if cim_on else np.zeros(n),
+        "cim_macs": (q_rows * k_cols * hd * passes) if cim_on else zeros,
+        "cim_compares": (q_rows * k_cols * passes) if cim_on else zeros,
         "digital_macs": 2.0 * chunks["pairs_kept"] * hd + chunks["rows_kept"] * hd,
         "digital_exps": chunks["pairs_kept"].astype(np.float64),
     }
-    return out
 
 
-def traffic_totals(d: dict[str, np.ndarray]) -> dict[str, float]:
+def traffic_totals(d: dict[str, np.ndarray], placement: Placement) -> dict[str, float]:
     """DRAM and SRAM bytes implied by a demand table (the simulation must count exactly these)."""
+    s = {k: float(v.sum()) for k, v in d.items() if k.endswith("_bytes")}
+    on_chip = placement.msb_on_chip and s["kmsb_load_bytes"] > 0
+    msb_from_sram = s["kmsb_load_bytes"] if on_chip else 0.0
+    msb_from_dram = s["kmsb_fetch_bytes"] if on_chip else s["kmsb_load_bytes"]
     return {
-        "dram_read_bytes": float(d["q_load_bytes"].sum() + d["kmsb_bytes"].sum() + d["kv_fetch_bytes"].sum()),
-        "dram_write_bytes": float(d["out_bytes"].sum()),
-        "sram_read_bytes": float(d["q_msb_bytes"].sum() + d["kv_read_bytes"].sum() + d["out_bytes"].sum()),
-        "sram_write_bytes": float(d["q_load_bytes"].sum() + d["kv_fetch_bytes"].sum() + d["out_bytes"].sum()),
+        "dram_read_bytes": s["q_load_bytes"] + msb_from_dram + s["kv_fetch_bytes"],
+        "dram_write_bytes": s["out_bytes"],
+        "sram_read_bytes": s["q_msb_bytes"] + msb_from_sram + s["kv_read_bytes"] + s["out_bytes"],
+        "sram_write_bytes": s["q_load_bytes"] + s["kmsb_fetch_bytes"] + s["kv_fetch_bytes"] + s["out_bytes"],
     }

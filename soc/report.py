@@ -40,13 +40,15 @@ def build_report(cfg: SocConfig, trace, shape: Shape, func, stats, *, wall_s: fl
         "dram_read_bytes": counts["dram"].get("read_bytes", 0.0), "dram_write_bytes": counts["dram"].get("write_bytes", 0.0),
         "sram_read_bytes": counts["sram"].get("read_bytes", 0.0), "sram_write_bytes": counts["sram"].get("write_bytes", 0.0),
     }
-    dense = traffic_totals(demand(func.dense_chunks, dense_config(cfg), shape, stats.placement))
+    dense_cfg = dense_config(cfg)
+    dense = traffic_totals(demand(func.dense_chunks, dense_cfg, shape, stats.placement), stats.placement)
     dram_h = measured["dram_read_bytes"] + measured["dram_write_bytes"]
     sram_h = measured["sram_read_bytes"] + measured["sram_write_bytes"]
     traffic = {**measured, "dense": dense, "savings": {
         "dram": _ratio(dense["dram_read_bytes"] + dense["dram_write_bytes"], dram_h),
         "sram": _ratio(dense["sram_read_bytes"] + dense["sram_write_bytes"], sram_h)},
-        "link_bytes": stats.link_bytes, "kv_placement": stats.placement}
+        "link_bytes": stats.link_bytes, "kv_placement": stats.placement.kv,
+        "kmsb_on_chip": stats.placement.msb_on_chip}
 
     # --- ops ---------------------------------------------------------------------------------------------------
     cim_macs = sum(c.get("macs", 0.0) for n, c in counts.items() if n.startswith("cim"))

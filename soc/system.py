@@ -22,18 +22,18 @@ import numpy as np
 import simpy
 
 from soc.config.schema import SocConfig
-from soc.dataflow import Shape, demand, key_tile_keys, kv_placement
+from soc.dataflow import Placement, Shape, demand, key_tile_keys, kv_placement
 from soc.errors import SimulationStalled, WiringError
 from soc.hw import base as hwbase
 from soc.hw.base import Block, hold
 from soc.recorder import OFF, Recorder
 
 # fields of the per-chunk tuple the processes read (a tuple: attribute access costs more than indexing)
-_ROW = ("layer", "head", "qtile", "ktile", "pairs_kept", "q_load_bytes", "q_msb_bytes", "kmsb_bytes",
-        "write_ns", "score_ns", "mask_bytes", "kv_fetch_bytes", "kv_read_bytes", "compute_ns", "out_bytes",
-        "cim_macs", "cim_compares", "array_write_bits", "digital_macs", "digital_exps")
-(LAYER, HEAD, QTILE, KTILE, KEPT, QLOAD, QMSB, KMSB, WRITE_NS, SCORE_NS, MASK, KVFETCH, KVREAD, COMPUTE_NS,
- OUT, CIM_MACS, CIM_CMP, WBITS, DMACS, DEXPS) = range(len(_ROW))
+_ROW = ("layer", "head", "qtile", "ktile", "pairs_kept", "q_load_bytes", "q_msb_bytes", "kmsb_fetch_bytes",
+        "kmsb_load_bytes", "write_ns", "score_ns", "mask_bytes", "kv_fetch_bytes", "kv_read_bytes", "compute_ns",
+        "out_bytes", "cim_macs", "cim_compares", "array_write_bits", "digital_macs", "digital_exps")
+(LAYER, HEAD, QTILE, KTILE, KEPT, QLOAD, QMSB, KMSB_FETCH, KMSB_LOAD, WRITE_NS, SCORE_NS, MASK, KVFETCH, KVREAD,
+ COMPUTE_NS, OUT, CIM_MACS, CIM_CMP, WBITS, DMACS, DEXPS) = range(len(_ROW))
 
 
 @dataclass
@@ -42,7 +42,7 @@ class SimStats:
     latency_ns: float
     events: int
     wall_s: float
-    placement: str
+    placement: Placement
     key_tile: int
     blocks: dict[str, Block] = field(default_factory=dict)
     utilization: dict[str, float] = field(default_factory=dict)
@@ -87,7 +87,8 @@ class System:
             raise WiringError("token_buffer.depth_entries: expected an integer >= 1 (a buffer of 0 entries can "
                               "never pass a tile from the CIM core to the digital processor), got "
                               f"{self.cfg.token_buffer.depth_entries}")
-        placed = {b.name for b in (*self.cims, *self.digitals, self.sram, self.dram)}
+        # a disabled CIM core is still on the die (and in the graph); it just never runs
+        placed = {b.name for b in (*self.digitals, self.sram, self.dram)} | {f"cim{i}" for i in range(self.pairs)}
         self.net.check_nodes(placed)
         needed = []
         for i in range(self.pairs):
@@ -102,45 +103,58 @@ class System:
         self.placement = kv_placement(self.cfg, self.shape)
 
     # --- transfers -----------------------------------------------------------------------------------------
-    def _move(self, src: str, dst: str, nbytes: float, label: str):
+    def _route_jobs(self, src: str, dst: str, nbytes: float) -> list:
+        """Everything a transfer occupies: the links of its route and the memories at its ends."""
         jobs = self.net.transfer(src, dst, nbytes)
         if src in self.memories:
             jobs += self.memories[src].access(nbytes, write=False)
         if dst in self.memories:
             jobs += self.memories[dst].access(nbytes, write=True)
-        yield from hold(self.env, jobs, label)
+        return jobs
+
+    def _move(self, src: str, dst: str, nbytes: float, label: str):
+        yield from hold(self.env, self._route_jobs(src, dst, nbytes), label)
 
     # --- stages --------------------------------------------------------------------------------------------
     def _cim_stage(self, i: int, rows: list[tuple]):
-        env, cim, tb, dig = self.env, self.cims[i], self.buffers[i], f"digital{i}"
-        me, name = f"cim{i}", f"cim{i}"
+        env, cim, tb = self.env, self.cims[i], self.buffers[i]
+        name, dig = cim.name, f"digital{i}"
         array = cim.array
+        msb_src = "sram" if self.placement.msb_on_chip else "dram"
+        spans = array._span is not None
+        for r in rows:
+            if r[QLOAD]:
+                self.waiting[name] = "query tile load (dram -> sram -> array inputs)"
+                yield from self._move("dram", "sram", r[QLOAD], "q_load")
+                yield from self._move("sram", name, r[QMSB], "q_msb")
+            if r[KMSB_FETCH]:
+                self.waiting[name] = "key MSB fetch (dram -> sram)"
+                yield from self._move("dram", "sram", r[KMSB_FETCH], "k_msb_fetch")
+            if r[KMSB_LOAD]:
+                # the key tile streams from memory straight into the array rows as they are written
+                self.waiting[name] = f"key tile load ({msb_src} -> array)"
+                yield from hold(env, self._route_jobs(msb_src, name, r[KMSB_LOAD]) + [(array, r[WRITE_NS])],
+                                "array_write")
+            # the comparators' keep bits leave for the digital side while the array scores
+            self.waiting[name] = "the array"
+            yield from hold(env, [(array, r[SCORE_NS])] + self.net.transfer(name, dig, r[MASK]), "score",
+                            {"layer": r[LAYER], "head": r[HEAD], "qtile": r[QTILE], "ktile": r[KTILE],
+                             "kept": r[KEPT]} if spans else None)
+            cim.record_chunk(r[CIM_MACS], r[CIM_CMP], r[WBITS])
+            self.waiting[name] = f"token_buffer{i} (full)"
+            yield from tb.put(r, r[MASK])
+        self.waiting.pop(name, None)
+
+    def _feed_stage(self, i: int, rows: list[tuple]):
+        """Without a CIM core every tile goes straight to the digital side."""
+        tb, me = self.buffers[i], f"feed{i}"
         for r in rows:
             if r[QLOAD]:
                 self.waiting[me] = "query tile load (dram -> sram)"
                 yield from self._move("dram", "sram", r[QLOAD], "q_load")
-                yield from self._move("sram", name, r[QMSB], "q_msb")
-            if r[KMSB]:
-                self.waiting[me] = "key tile load (dram -> array)"
-                yield from self._move("dram", name, r[KMSB], "k_msb")
-                yield from hold(env, [(array, r[WRITE_NS])], "array_write")
-            self.waiting[me] = "the array"
-            yield from hold(env, [(array, r[SCORE_NS])], "score",
-                            {"layer": r[LAYER], "head": r[HEAD], "qtile": r[QTILE], "ktile": r[KTILE],
-                             "kept": r[KEPT]} if array._span is not None else None)
-            cim.record_chunk(r[CIM_MACS], r[CIM_CMP], r[WBITS])
-            yield from self._move(name, dig, r[MASK], "mask")
             self.waiting[me] = f"token_buffer{i} (full)"
-            yield from tb.put(r, r[MASK])
-        self.waiting.pop(me, None)
-
-    def _feed_stage(self, i: int, rows: list[tuple]):
-        """Without a CIM core every tile goes straight to the digital side."""
-        tb = self.buffers[i]
-        for r in rows:
-            self.waiting[f"feed{i}"] = f"token_buffer{i} (full)"
             yield from tb.put(r, 0)
-        self.waiting.pop(f"feed{i}", None)
+        self.waiting.pop(me, None)
 
     def _fetch_stage(self, i: int, n: int, ready: simpy.Store):
         tb, me = self.buffers[i], f"fetch{i}"
@@ -150,22 +164,22 @@ class System:
             if r[KVFETCH]:
                 self.waiting[me] = "K/V fetch (dram -> sram)"
                 yield from self._move("dram", "sram", r[KVFETCH], "kv_fetch")
-            self.waiting[me] = f"kv buffer of digital{i} (full)"
+            self.waiting[me] = f"K/V buffer of digital{i} (full)"
             yield ready.put(r)
         self.waiting.pop(me, None)
 
     def _digital_stage(self, i: int, n: int, ready: simpy.Store):
         env, dig = self.env, self.digitals[i]
         name, macs = dig.name, dig.macs
+        spans = macs._span is not None
         for _ in range(n):
-            self.waiting[name] = "kv buffer (empty)"
+            self.waiting[name] = "K/V buffer (empty)"
             r = yield ready.get()
-            self.waiting[name] = "K/V read (sram -> digital)"
-            yield from self._move("sram", name, r[KVREAD], "kv_read")
-            self.waiting[name] = "the MAC array"
-            yield from hold(env, [(macs, r[COMPUTE_NS])], "attend",
+            # operands stream from SRAM into the MAC array while it computes
+            self.waiting[name] = "SRAM banks, link and MAC array"
+            yield from hold(env, self._route_jobs("sram", name, r[KVREAD]) + [(macs, r[COMPUTE_NS])], "attend",
                             {"layer": r[LAYER], "head": r[HEAD], "qtile": r[QTILE], "ktile": r[KTILE],
-                             "kept": r[KEPT]} if macs._span is not None else None)
+                             "kept": r[KEPT]} if spans else None)
             dig.record_job(r[DMACS], r[DEXPS])
             if r[OUT]:
                 self.waiting[name] = "output write-back"

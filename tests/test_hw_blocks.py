@@ -40,10 +40,12 @@ def test_hold_serializes_jobs_on_one_port_and_logs_times():
 def test_sram_banks_interleave_and_conflicts_serialize():
     cfg = CFG.sram  # 8 banks x 8 bytes at 1.1 GHz
     env, sram = make("sram", cfg, "sram")
-    jobs = sram.access(64, write=True)  # 8 words over 8 banks: one cycle
-    assert len(jobs) == 8 and all(d == pytest.approx(1 / 1.1) for _, d in jobs)
-    jobs = sram.access(640, write=False)  # 80 words over 8 banks: 10 cycles
-    assert len({p.name for p, _ in jobs}) == 8 and jobs[0][1] == pytest.approx(10 / 1.1)
+    (claim, d), = sram.access(64, write=True)  # 8 words over 8 banks: one cycle
+    assert claim.mask == 0xFF and d == pytest.approx(1 / 1.1)
+    (claim, d), = sram.access(640, write=False)  # 80 words over 8 banks: 10 cycles
+    assert len(claim.ports) == 8 and d == pytest.approx(10 / 1.1)
+    (claim, d), = sram.access(24, write=False)  # 3 words: banks 0..2 (the cursor wrapped to 0)
+    assert claim.mask == 0b111 and d == pytest.approx(1 / 1.1)
     env2, sram2 = make("sram", cfg, "sram")
     done = []
 

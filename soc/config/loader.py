@@ -146,7 +146,8 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     """Load a config file (default: the paper's chip) with ``extends:`` resolved and overrides applied."""
     cfg_path = resolve_config_path(path if path is not None else "hybrid65nm")
     data = _load_tree(cfg_path, (cfg_path.resolve(),))
-    data = apply_overrides(data, overrides)
+    # overrides may address defaults the file does not spell out (e.g. interconnect.links.0.latency_ns)
+    data = apply_overrides(deep_merge(to_dict(SocConfig()), data), overrides)
     return config_from_dict(data, str(path if path is not None else cfg_path))
 
 

@@ -12,6 +12,8 @@ import itertools
 from typing import Any, Callable, ClassVar, Iterable
 
 import simpy
+from simpy.core import BoundClass
+from simpy.resources import base as simpy_base
 
 from soc.errors import WiringError
 from soc.recorder import Recorder
@@ -19,17 +21,23 @@ from soc.recorder import Recorder
 _port_ids = itertools.count()
 
 
+def next_order(rank: int) -> int:
+    """A fresh place in the global claim order (deadlock avoidance). Lower ranks are claimed first: DRAM (0),
+    links (1), SRAM (2), compute (3), so a transfer never sits on a fast resource while queueing for DRAM."""
+    return rank * 1_000_000_000 + next(_port_ids)
+
+
 class Port:
     """A unit-capacity resource with busy-time accounting; ``order`` fixes a global acquisition order."""
 
     __slots__ = ("name", "resource", "busy_ns", "jobs", "order", "_span")
 
-    def __init__(self, env: simpy.Environment, name: str, recorder: Recorder) -> None:
+    def __init__(self, env: simpy.Environment, name: str, recorder: Recorder, rank: int = 3) -> None:
         self.name = name
         self.resource = simpy.Resource(env, capacity=1)
         self.busy_ns = 0.0
         self.jobs = 0
-        self.order = next(_port_ids)
+        self.order = next_order(rank)
         self._span = recorder.span_fn(name)
 
     def charge(self, start_ns: float, duration_ns: float, label: str, args: dict[str, Any] | None) -> None:
@@ -39,35 +47,99 @@ class Port:
             self._span(start_ns, start_ns + duration_ns, label, args)
 
 
-def hold(env: simpy.Environment, jobs: list[tuple[Port, float]], label: str,
-         args: dict[str, Any] | None = None):
-    """Occupy every port of ``jobs`` at once (cut-through) for the longest of their durations.
+    def acquire(self) -> simpy.Event:
+        return self.resource.request()
 
-    Ports are requested in their global order, so two holds can never wait on each other in a cycle.
-    Each port is charged its own duration as busy time.
+    def release(self, req: simpy.Event) -> None:
+        self.resource.release(req)
+
+
+class _BankClaim(simpy_base.Put):
+    def __init__(self, resource: "BankArray", mask: int) -> None:
+        self.mask = mask
+        super().__init__(resource)
+
+
+class _BankFree(simpy_base.Get):
+    def __init__(self, resource: "BankArray", claim: _BankClaim) -> None:
+        self.claim = claim
+        super().__init__(resource)
+
+
+class BankArray(simpy_base.BaseResource):
+    """Independent single-ported banks claimed together: a request names a set of banks (a bit mask) and is
+    granted, in one event, as soon as all of them are free. Waiting requests are scanned first-fit, so an
+    access to free banks overtakes one blocked on a busy bank, as independent bank ports allow."""
+
+    def __init__(self, env: simpy.Environment, banks: int) -> None:
+        super().__init__(env, capacity=banks)
+        self.busy_mask = 0
+
+    claim = BoundClass(_BankClaim)
+    free = BoundClass(_BankFree)
+
+    def _do_put(self, event: _BankClaim) -> bool:
+        if not event.mask & self.busy_mask:
+            self.busy_mask |= event.mask
+            event.succeed()
+        return True  # keep scanning: later requests may want other banks
+
+    def _do_get(self, event: _BankFree) -> bool:
+        self.busy_mask &= ~event.claim.mask
+        event.succeed()
+        return True
+
+
+class BankSet:
+    """One access's claim on some banks of a ``BankArray``: usable in ``hold`` like a port."""
+
+    __slots__ = ("array", "mask", "ports", "order")
+
+    def __init__(self, array: BankArray, mask: int, ports: list[Port], order: int) -> None:
+        self.array, self.mask, self.ports, self.order = array, mask, ports, order
+
+    def acquire(self) -> simpy.Event:
+        return self.array.claim(self.mask)
+
+    def release(self, req: simpy.Event) -> None:
+        self.array.free(req)
+
+    def charge(self, start_ns: float, duration_ns: float, label: str, args: dict[str, Any] | None) -> None:
+        for port in self.ports:
+            port.charge(start_ns, duration_ns, label, args)
+
+
+def hold(env: simpy.Environment, jobs: list[tuple[Any, float]], label: str,
+         args: dict[str, Any] | None = None):
+    """Occupy every port (or bank set) of ``jobs`` from one instant, each for its own duration.
+
+    A transfer starts when all its participants are free (DRAM, links, SRAM banks, an array) and then each is
+    busy for the time its own bandwidth needs; the transfer ends with the slowest. Claims are made in the
+    global order (DRAM, links, SRAM, compute), so two holds never wait on each other in a cycle.
     """
     if len(jobs) == 1:
         port, duration = jobs[0]
-        with port.resource.request() as req:
-            yield req
-            start = env.now
-            port.charge(start, duration, label, args)
-            yield env.timeout(duration)
+        req = port.acquire()
+        yield req
+        port.charge(env.now, duration, label, args)
+        yield env.timeout(duration)
+        port.release(req)
         return
     ordered = sorted(jobs, key=lambda job: job[0].order)
-    requests = [port.resource.request() for port, _ in ordered]
-    try:
-        for req in requests:
-            yield req
-        start = env.now
-        longest = 0.0
-        for port, duration in ordered:
-            port.charge(start, duration, label, args)
-            longest = max(longest, duration)
-        yield env.timeout(longest)
-    finally:
-        for (port, _), req in zip(ordered, requests):
-            port.resource.release(req)
+    requests = []
+    for port, _ in ordered:
+        req = port.acquire()
+        requests.append(req)
+        yield req
+    start = env.now
+    for port, duration in ordered:
+        port.charge(start, duration, label, args)
+    elapsed = 0.0
+    for (port, duration), req in sorted(zip(ordered, requests), key=lambda x: x[0][1]):
+        if duration > elapsed:
+            yield env.timeout(duration - elapsed)
+            elapsed = duration
+        port.release(req)
 
 
 class Block:
@@ -75,6 +147,7 @@ class Block:
 
     section: ClassVar[str]
     kind: ClassVar[str]
+    claim_rank: ClassVar[int] = 3
 
     def __init__(self, env: simpy.Environment, name: str, cfg: Any, recorder: Recorder) -> None:
         self.env = env
@@ -85,7 +158,7 @@ class Block:
         self.ports: list[Port] = []
 
     def port(self, suffix: str = "") -> Port:
-        p = Port(self.env, f"{self.name}{'.' + suffix if suffix else ''}", self.recorder)
+        p = Port(self.env, f"{self.name}{'.' + suffix if suffix else ''}", self.recorder, self.claim_rank)
         self.ports.append(p)
         return p
 

@@ -15,6 +15,7 @@ from soc.hw.base import Block, Port, register
 
 @register("interconnect", "graph")
 class Interconnect(Block):
+    claim_rank = 1
     def __init__(self, env, name, cfg, recorder) -> None:
         super().__init__(env, name, cfg, recorder)
         self.graph = nx.Graph()

@@ -10,29 +10,36 @@ from __future__ import annotations
 
 import math
 
-from soc.hw.base import Block, Port, register
+from soc.hw.base import BankArray, BankSet, Block, Port, next_order, register
 
 
 @register("sram", "banked")
 class BankedSram(Block):
+    claim_rank = 2
     def __init__(self, env, name, cfg, recorder) -> None:
         super().__init__(env, name, cfg, recorder)
         self.bank_ports: list[Port] = [self.port(f"bank{i}") for i in range(cfg.banks)]
+        self.bank_array = BankArray(env, cfg.banks)
+        self._order = next_order(self.claim_rank)
         self._cursor = 0  # next address: accesses stream through the banks round-robin
 
     @property
     def capacity_bytes(self) -> int:
         return self.cfg.capacity_bytes
 
-    def access(self, nbytes: float, write: bool) -> list[tuple[Port, float]]:
+    def access(self, nbytes: float, write: bool) -> list[tuple[BankSet, float]]:
         cfg = self.cfg
         words = max(1, math.ceil(nbytes / cfg.width_bytes))
         touched = min(cfg.banks, words)
-        first = self._cursor % cfg.banks
+        first = self._cursor
         self._cursor = (self._cursor + words) % cfg.banks
         duration = math.ceil(words / touched) / cfg.clock_ghz
         self.count("write_bytes" if write else "read_bytes", nbytes)
-        return [(self.bank_ports[(first + i) % cfg.banks], duration) for i in range(touched)]
+        banks = [(first + i) % cfg.banks for i in range(touched)]
+        mask = 0
+        for b in banks:
+            mask |= 1 << b
+        return [(BankSet(self.bank_array, mask, [self.bank_ports[b] for b in banks], self._order), duration)]
 
     def dynamic_energy_pj(self) -> dict[str, float]:
         c, cfg = self.counts, self.cfg
@@ -42,6 +49,7 @@ class BankedSram(Block):
 
 @register("dram", "simple")
 class SimpleDram(Block):
+    claim_rank = 0
     def __init__(self, env, name, cfg, recorder) -> None:
         super().__init__(env, name, cfg, recorder)
         self.channel: Port = self.port("ch0")
