@@ -26,6 +26,11 @@ class Shape:
     seq_q: int
     seq_k: int
     head_dim: int
+    kv_heads: int = 0  # 0: same as heads
+
+    def __post_init__(self) -> None:
+        if self.kv_heads == 0:
+            object.__setattr__(self, "kv_heads", self.heads)
 
 
 def key_tile_keys(cfg: SocConfig, head_dim: int) -> int:
@@ -96,6 +101,45 @@ def _first_occurrence(*keys: np.ndarray) -> np.ndarray:
     return out
 
 
+@dataclass(frozen=True)
+class AddressMap:
+    """Where each tensor lives in DRAM: regions for Q, K, V, the keys' MSBs and the output, one after another,
+    each laid out [layer][head][token][dim]; regions start on 1 MiB boundaries."""
+    q_base: int
+    k_base: int
+    v_base: int
+    msb_base: int
+    out_base: int
+
+    @staticmethod
+    def build(cfg: SocConfig, shape: Shape, kv_heads: int) -> "AddressMap":
+        elem, hd = cfg.dataflow.element_bytes, shape.head_dim
+        align = lambda n: -(-int(n) // (1 << 20)) * (1 << 20)  # noqa: E731
+        q = align(shape.layers * shape.heads * shape.seq_q * hd * elem)
+        kv = align(shape.layers * kv_heads * shape.seq_k * hd * elem)
+        msb = align(shape.layers * kv_heads * shape.seq_k * hd * cfg.cim.key_bits / 8)
+        return AddressMap(q_base=0, k_base=q, v_base=q + kv, msb_base=q + 2 * kv, out_base=q + 2 * kv + msb)
+
+
+def addresses(chunks: dict[str, np.ndarray], cfg: SocConfig, shape: Shape, kv_heads: int,
+              amap: AddressMap) -> dict[str, np.ndarray]:
+    """DRAM byte addresses of each chunk's query tile, key tile (K, V, MSBs) and output tile (int64)."""
+    elem, hd = cfg.dataflow.element_bytes, shape.head_dim
+    k_tile = key_tile_keys(cfg, hd)
+    layer, head = chunks["layer"].astype(np.int64), chunks["head"].astype(np.int64)
+    kvh = head // max(1, shape.heads // kv_heads)
+    q_row = (layer * shape.heads + head) * shape.seq_q + chunks["qtile"] * cfg.dataflow.q_tile_rows
+    k_row = (layer * kv_heads + kvh) * shape.seq_k + chunks["ktile"] * k_tile
+    return {
+        "q_addr": amap.q_base + q_row * hd * elem,
+        "out_addr": amap.out_base + q_row * hd * cfg.dataflow.output_bytes,
+        "k_addr": amap.k_base + k_row * hd * elem,
+        "v_addr": amap.v_base + k_row * hd * elem,
+        "msb_addr": amap.msb_base + (k_row * hd * cfg.cim.key_bits) // 8,
+        "kv_span_bytes": chunks["k_cols"] * hd * elem,
+    }
+
+
 def demand(chunks: dict[str, np.ndarray], cfg: SocConfig, shape: Shape, placement: Placement) -> dict[str, np.ndarray]:
     """Bytes and operations per chunk (float64 arrays of the chunk count)."""
     n = len(chunks["layer"])
@@ -137,6 +181,7 @@ def demand(chunks: dict[str, np.ndarray], cfg: SocConfig, shape: Shape, placemen
         "array_write_bits": kmsb_load * 8.0,
         "mask_bytes": q_rows * k_cols / 8.0 if cim_on else zeros,
         "kv_fetch_bytes": fetched * 2.0 * hd * elem,
+        "kv_fetch_rows": fetched.astype(np.float64),
         "kv_read_bytes": chunks["union_keys"] * 2.0 * hd * elem + q_load,
         "out_bytes": last_k * q_rows * hd * cfg.dataflow.output_bytes,
         "cim_macs": (q_rows * k_cols * hd * passes) if cim_on else zeros,

@@ -68,7 +68,8 @@ def dense_config(cfg: SocConfig) -> SocConfig:
 
 def shape_of(trace) -> Shape:
     m = trace.meta
-    return Shape(layers=m.layers, heads=m.heads, seq_q=trace.q.shape[2], seq_k=m.seq_len, head_dim=m.head_dim)
+    return Shape(layers=m.layers, heads=m.heads, seq_q=trace.q.shape[2], seq_k=m.seq_len, head_dim=m.head_dim,
+                 kv_heads=m.kv_heads)
 
 
 def simulate(cfg: SocConfig, trace, *, recorder: Recorder = OFF, seed: int | None = None,

@@ -22,18 +22,20 @@ import numpy as np
 import simpy
 
 from soc.config.schema import SocConfig
-from soc.dataflow import Placement, Shape, demand, key_tile_keys, kv_placement
+from soc.dataflow import AddressMap, Placement, Shape, addresses, demand, key_tile_keys, kv_placement
 from soc.errors import SimulationStalled, WiringError
 from soc.hw import base as hwbase
-from soc.hw.base import Block, hold
+from soc.hw.base import Block, MemAccess, hold
 from soc.recorder import OFF, Recorder
 
 # fields of the per-chunk tuple the processes read (a tuple: attribute access costs more than indexing)
 _ROW = ("layer", "head", "qtile", "ktile", "pairs_kept", "q_load_bytes", "q_msb_bytes", "kmsb_fetch_bytes",
         "kmsb_load_bytes", "write_ns", "score_ns", "mask_bytes", "kv_fetch_bytes", "kv_read_bytes", "compute_ns",
-        "out_bytes", "cim_macs", "cim_compares", "array_write_bits", "digital_macs", "digital_exps")
+        "out_bytes", "cim_macs", "cim_compares", "array_write_bits", "digital_macs", "digital_exps",
+        "q_addr", "out_addr", "k_addr", "v_addr", "msb_addr", "kv_span_bytes", "kv_fetch_rows")
 (LAYER, HEAD, QTILE, KTILE, KEPT, QLOAD, QMSB, KMSB_FETCH, KMSB_LOAD, WRITE_NS, SCORE_NS, MASK, KVFETCH, KVREAD,
- COMPUTE_NS, OUT, CIM_MACS, CIM_CMP, WBITS, DMACS, DEXPS) = range(len(_ROW))
+ COMPUTE_NS, OUT, CIM_MACS, CIM_CMP, WBITS, DMACS, DEXPS, Q_ADDR, OUT_ADDR, K_ADDR, V_ADDR, MSB_ADDR, KV_SPAN,
+ KV_ROWS) = range(len(_ROW))
 
 
 @dataclass
@@ -101,19 +103,24 @@ class System:
             self.net.add_route(src, dst)
         self.key_tile = key_tile_keys(self.cfg, self.shape.head_dim)
         self.placement = kv_placement(self.cfg, self.shape)
+        self.address_map = AddressMap.build(self.cfg, self.shape, self.shape.kv_heads)
+        # transfer spans carry their byte count only when some timeline track listens
+        self._move_args = self.recorder.sink is not None
 
     # --- transfers -----------------------------------------------------------------------------------------
-    def _route_jobs(self, src: str, dst: str, nbytes: float) -> list:
-        """Everything a transfer occupies: the links of its route and the memories at its ends."""
+    def _route_jobs(self, src: str, dst: str, nbytes: float, where: tuple[MemAccess, ...] | None = None) -> list:
+        """Everything a transfer occupies: the links of its route and the memories at its ends. ``where``
+        gives the DRAM addresses (the SRAM interleaves by its own cursor)."""
         jobs = self.net.transfer(src, dst, nbytes)
         if src in self.memories:
-            jobs += self.memories[src].access(nbytes, write=False)
+            jobs += self.memories[src].access(nbytes, write=False, where=where)
         if dst in self.memories:
-            jobs += self.memories[dst].access(nbytes, write=True)
+            jobs += self.memories[dst].access(nbytes, write=True, where=where)
         return jobs
 
-    def _move(self, src: str, dst: str, nbytes: float, label: str):
-        yield from hold(self.env, self._route_jobs(src, dst, nbytes), label)
+    def _move(self, src: str, dst: str, nbytes: float, label: str, where: tuple[MemAccess, ...] | None = None):
+        yield from hold(self.env, self._route_jobs(src, dst, nbytes, where), label,
+                        {"bytes": nbytes} if self._move_args else None)
 
     # --- stages --------------------------------------------------------------------------------------------
     def _cim_stage(self, i: int, rows: list[tuple]):
@@ -125,16 +132,17 @@ class System:
         for r in rows:
             if r[QLOAD]:
                 self.waiting[name] = "query tile load (dram -> sram -> array inputs)"
-                yield from self._move("dram", "sram", r[QLOAD], "q_load")
+                yield from self._move("dram", "sram", r[QLOAD], "q_load", (MemAccess(r[Q_ADDR], r[QLOAD]),))
                 yield from self._move("sram", name, r[QMSB], "q_msb")
             if r[KMSB_FETCH]:
                 self.waiting[name] = "key MSB fetch (dram -> sram)"
-                yield from self._move("dram", "sram", r[KMSB_FETCH], "k_msb_fetch")
+                yield from self._move("dram", "sram", r[KMSB_FETCH], "k_msb_fetch",
+                                      (MemAccess(r[MSB_ADDR], r[KMSB_FETCH]),))
             if r[KMSB_LOAD]:
                 # the key tile streams from memory straight into the array rows as they are written
                 self.waiting[name] = f"key tile load ({msb_src} -> array)"
-                yield from hold(env, self._route_jobs(msb_src, name, r[KMSB_LOAD]) + [(array, r[WRITE_NS])],
-                                "array_write")
+                yield from hold(env, self._route_jobs(msb_src, name, r[KMSB_LOAD], (MemAccess(r[MSB_ADDR], r[KMSB_LOAD]),))
+                                + [(array, r[WRITE_NS])], "array_write")
             # the comparators' keep bits leave for the digital side while the array scores
             self.waiting[name] = "the array"
             yield from hold(env, [(array, r[SCORE_NS])] + self.net.transfer(name, dig, r[MASK]), "score",
@@ -151,7 +159,7 @@ class System:
         for r in rows:
             if r[QLOAD]:
                 self.waiting[me] = "query tile load (dram -> sram)"
-                yield from self._move("dram", "sram", r[QLOAD], "q_load")
+                yield from self._move("dram", "sram", r[QLOAD], "q_load", (MemAccess(r[Q_ADDR], r[QLOAD]),))
             self.waiting[me] = f"token_buffer{i} (full)"
             yield from tb.put(r, 0)
         self.waiting.pop(me, None)
@@ -163,7 +171,11 @@ class System:
             r = yield from tb.get()
             if r[KVFETCH]:
                 self.waiting[me] = "K/V fetch (dram -> sram)"
-                yield from self._move("dram", "sram", r[KVFETCH], "kv_fetch")
+                # the kept rows of K and of V: pieces spread over the key tile in each region
+                half, rows = r[KVFETCH] / 2, int(r[KV_ROWS])
+                yield from self._move("dram", "sram", r[KVFETCH], "kv_fetch",
+                                      (MemAccess(r[K_ADDR], half, rows, r[KV_SPAN]),
+                                       MemAccess(r[V_ADDR], half, rows, r[KV_SPAN])))
             self.waiting[me] = f"K/V buffer of digital{i} (full)"
             yield ready.put(r)
         self.waiting.pop(me, None)
@@ -184,7 +196,7 @@ class System:
             if r[OUT]:
                 self.waiting[name] = "output write-back"
                 yield from self._move(name, "sram", r[OUT], "out")
-                yield from self._move("sram", "dram", r[OUT], "out_writeback")
+                yield from self._move("sram", "dram", r[OUT], "out_writeback", (MemAccess(r[OUT_ADDR], r[OUT]),))
         self.waiting.pop(name, None)
 
     # --- run -----------------------------------------------------------------------------------------------
@@ -199,6 +211,7 @@ class System:
         else:
             d["write_ns"] = d["score_ns"] = np.zeros(len(chunks["layer"]))
         d["compute_ns"] = self.digitals[0].compute_ns(chunks["pairs_kept"], chunks["rows_kept"], hd)
+        d.update(addresses(chunks, self.cfg, self.shape, self.shape.kv_heads, self.address_map))
         return d
 
     def run(self, chunks: dict[str, np.ndarray]) -> SimStats:

@@ -9,7 +9,7 @@ New kinds subclass ``Block`` and register with ``@register("section", "kind")``.
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable, ClassVar, Iterable
+from typing import Any, Callable, ClassVar, Iterable, NamedTuple
 
 import simpy
 from simpy.core import BoundClass
@@ -19,6 +19,15 @@ from soc.errors import WiringError
 from soc.recorder import Recorder
 
 _port_ids = itertools.count()
+
+
+class MemAccess(NamedTuple):
+    """Where a memory access goes: ``pieces`` equal pieces (e.g. kept K rows) totalling ``nbytes``, spread
+    over ``span_bytes`` from ``address`` (pieces=1, span_bytes=nbytes: one contiguous block)."""
+    address: int
+    nbytes: float
+    pieces: int = 1
+    span_bytes: float = 0.0
 
 
 def next_order(rank: int) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from soc.hw.base import BankArray, BankSet, Block, Port, next_order, register
+from soc.hw.base import BankArray, BankSet, Block, MemAccess, Port, next_order, register
 
 
 @register("sram", "banked")
@@ -27,7 +27,8 @@ class BankedSram(Block):
     def capacity_bytes(self) -> int:
         return self.cfg.capacity_bytes
 
-    def access(self, nbytes: float, write: bool) -> list[tuple[BankSet, float]]:
+    def access(self, nbytes: float, write: bool, where: tuple[MemAccess, ...] | None = None
+               ) -> list[tuple[BankSet, float]]:
         cfg = self.cfg
         words = max(1, math.ceil(nbytes / cfg.width_bytes))
         touched = min(cfg.banks, words)
@@ -54,7 +55,9 @@ class SimpleDram(Block):
         super().__init__(env, name, cfg, recorder)
         self.channel: Port = self.port("ch0")
 
-    def access(self, nbytes: float, write: bool) -> list[tuple[Port, float]]:
+    def access(self, nbytes: float, write: bool, where: tuple[MemAccess, ...] | None = None
+               ) -> list[tuple[Port, float]]:
+        """Addresses do not matter to this model (see the ``banked`` kind for row buffers)."""
         cfg = self.cfg
         self.count("write_bytes" if write else "read_bytes", nbytes)
         return [(self.channel, cfg.latency_ns + nbytes / cfg.bandwidth_gb_per_s)]
