@@ -1,0 +1,101 @@
+"""Exact (digital) attention for one layer: softmax(scale * Q Kᵀ) V over the keys a query may see.
+
+This is what the digital processor computes for the surviving pairs. Validity is causal (query at absolute
+position ``i + query_offset`` sees keys ``j <= i + query_offset``) or full; a keep mask from the analog
+pruning stage is ANDed with it, and the softmax runs over the kept keys only. Grouped-query attention maps
+query head ``h`` to kv head ``h // (heads // kv_heads)``.
+
+Shapes: q (H, Sq, D); k and v (KV, Sk, D); scores and masks (H, Sq, Sk). Arithmetic is float32.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _check_heads(heads: int, kv_heads: int) -> int:
+    if kv_heads < 1 or heads % kv_heads:
+        raise ValueError(f"heads: expected a multiple of kv_heads ({kv_heads}), got {heads}")
+    return heads // kv_heads
+
+
+def expand_kv(x: np.ndarray, heads: int) -> np.ndarray:
+    """Repeat each kv head of ``x`` (KV, S, D) for the ``heads // KV`` query heads that share it."""
+    group = _check_heads(heads, x.shape[0])
+    return x if group == 1 else np.repeat(x, group, axis=0)
+
+
+def kv_for_heads(x: np.ndarray, head_start: int, head_stop: int, heads: int) -> np.ndarray:
+    """The kv rows serving query heads [head_start, head_stop): a view when there is no head sharing."""
+    group = _check_heads(heads, x.shape[0])
+    if group == 1:
+        return x[head_start:head_stop]
+    return x[np.arange(head_start, head_stop) // group]
+
+
+def valid_mask(seq_q: int, seq_k: int, causal: bool, query_offset: int = 0) -> np.ndarray:
+    """Bool (seq_q, seq_k): may query row i see key j? Causal: iff j <= i + query_offset."""
+    if query_offset < 0:
+        raise ValueError(f"query_offset: expected an integer >= 0, got {query_offset}")
+    if not causal:
+        return np.ones((seq_q, seq_k), dtype=bool)
+    rows = np.arange(seq_q)[:, None] + query_offset
+    return np.arange(seq_k)[None, :] <= rows
+
+
+def scores(q: np.ndarray, k: np.ndarray, scale: float) -> np.ndarray:
+    """Exact logits scale * Q Kᵀ, float32 (H, Sq, Sk); ``k`` already matched to q's heads (H, Sk, D)."""
+    q32 = np.asarray(q, dtype=np.float32)
+    k32 = np.asarray(k, dtype=np.float32)
+    logits = np.matmul(q32, k32.transpose(0, 2, 1))
+    logits *= np.float32(scale)
+    return logits
+
+
+def softmax_masked(logits: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Row softmax over the True entries of ``mask``; masked entries get 0, and a row with none is all 0."""
+    x = np.where(mask, logits, np.float32(-np.inf)).astype(np.float32, copy=False)
+    row_max = x.max(axis=-1, keepdims=True)
+    # An empty row has max -inf; shifting by 0 keeps exp(-inf) = 0 instead of producing NaN.
+    row_max[~np.isfinite(row_max)] = 0.0
+    x -= row_max
+    np.exp(x, out=x)
+    total = x.sum(axis=-1, keepdims=True)
+    total[total == 0] = 1.0
+    x /= total
+    return x
+
+
+def weighted_sum(probs: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """P V, float32 (H, Sq, D); ``v`` already matched to the heads of ``probs`` (H, Sk, D)."""
+    return np.matmul(probs, np.asarray(v, dtype=np.float32))
+
+
+def _check_layer(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> None:
+    if q.ndim != 3 or k.ndim != 3 or v.ndim != 3:
+        raise ValueError(f"q, k, v: expected 3-D (heads, seq, head_dim) arrays, got shapes "
+                         f"{q.shape}, {k.shape}, {v.shape}")
+    if k.shape != v.shape:
+        raise ValueError(f"v: expected the shape of k {k.shape}, got {v.shape}")
+    if q.shape[2] != k.shape[2]:
+        raise ValueError(f"k: expected head_dim {q.shape[2]} (that of q), got {k.shape[2]}")
+    _check_heads(q.shape[0], k.shape[0])
+
+
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, causal: bool,
+              query_offset: int = 0, keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Attention of one layer, restricted to ``keep & valid`` when ``keep`` (H, Sq, Sk) is given.
+
+    Returns (out (H, Sq, D), probs (H, Sq, Sk)), float32. A row with no kept key outputs zeros.
+    """
+    _check_layer(q, k, v)
+    heads, seq_q, _ = q.shape
+    seq_k = k.shape[1]
+    mask = valid_mask(seq_q, seq_k, causal, query_offset)
+    if keep is not None:
+        if keep.shape != (heads, seq_q, seq_k):
+            raise ValueError(f"keep: expected shape {(heads, seq_q, seq_k)}, got {keep.shape}")
+        mask = keep & mask
+    logits = scores(q, expand_kv(k, heads), scale)
+    probs = softmax_masked(logits, mask)
+    return weighted_sum(probs, expand_kv(v, heads)), probs

@@ -1,0 +1,154 @@
+"""The comparator stage: which (query, key) pairs survive to the digital processor.
+
+Input is the CIM's approximate score s~ (H, Sq, Sk) in softmax-logit units and the causal validity (Sq, Sk).
+Invalid pairs are never kept. The rules (see :mod:`soc.attention.spec`):
+
+- ``threshold``: s~ >= thr[h]. The reference is fixed or calibrated as a quantile of s~ over valid pairs so
+  that a target fraction survives. A row may end up with no kept key: the hardware comparator has no
+  fall-back, so that row's output is zero (counted as an empty row).
+- ``margin``: s~ >= max over valid keys of s~ in the row - margin; the row max itself always survives.
+- ``topk``: the k highest s~ among the row's valid keys, k = topk_keys or ceil(fraction * valid keys),
+  clipped to [1, valid keys]; ties go to the earlier key, so exactly k survive.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from soc.attention.spec import LayerRule, SpecError
+
+
+def _valid_3d(valid: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    if valid.shape not in (shape[1:], shape):
+        raise ValueError(f"valid: expected shape {shape[1:]} or {shape}, got {valid.shape}")
+    return valid
+
+
+def quantile_threshold(vals: np.ndarray, target: float) -> np.ndarray:
+    """Per row of ``vals`` (R, n): the threshold whose count of vals >= thr is nearest round(target * n)."""
+    rows, n = vals.shape
+    if n == 0:
+        return np.zeros(rows)
+    want = min(max(int(round(target * n)), 1), n)
+    kth = n - want  # ascending position of the want-th largest value
+    part = np.partition(vals, kth, axis=1)
+    thr = part[:, kth:kth + 1]
+    # After the partition everything from kth on is >= thr: "s >= thr" keeps want + the ties below kth.
+    count_ge = want + np.count_nonzero(part[:, :kth] == thr, axis=1)
+    out = thr[:, 0].astype(np.float64)
+    tied = count_ge > want
+    if tied.any():
+        # Ties (integer-valued scores without noise) can overshoot; the next distinct value up may be closer.
+        upper = part[tied, kth + 1:]
+        count_gt = np.count_nonzero(upper > thr[tied], axis=1)
+        above = np.where(upper > thr[tied], upper, np.inf).min(axis=1, initial=np.inf)
+        better = np.isfinite(above) & (np.abs(count_gt - want) < count_ge[tied] - want)
+        out[np.flatnonzero(tied)[better]] = above[better]
+    return out
+
+
+def calibrate_thresholds(approx: np.ndarray, valid: np.ndarray, target_kept_fraction: float,
+                         granularity: str = "head") -> np.ndarray:
+    """Comparator references (H,) such that the fraction of valid pairs with s~ >= thr is nearest the target.
+
+    ``granularity`` 'head': one quantile per head; 'layer': one quantile over all heads, repeated.
+    """
+    if not 0.0 < target_kept_fraction <= 1.0:
+        raise ValueError(f"target_kept_fraction: expected a number in (0, 1], got {target_kept_fraction}")
+    heads = approx.shape[0]
+    _valid_3d(valid, approx.shape)
+    if valid.ndim == 2:
+        vals = approx[:, valid]  # (H, n valid) in one gather: validity is shared by the heads
+        if granularity == "head":
+            return quantile_threshold(vals, target_kept_fraction)
+        if granularity == "layer":
+            return np.repeat(quantile_threshold(vals.reshape(1, -1), target_kept_fraction), heads)
+    else:
+        if granularity == "head":
+            return np.concatenate([quantile_threshold(approx[h][valid[h]][None, :], target_kept_fraction)
+                                   for h in range(heads)])
+        if granularity == "layer":
+            return np.repeat(quantile_threshold(approx[valid][None, :], target_kept_fraction), heads)
+    raise ValueError(f"granularity: expected 'head' or 'layer', got {granularity!r}")
+
+
+def fixed_thresholds(rule: LayerRule, heads: int) -> np.ndarray | None:
+    """The references of a threshold rule that needs no calibration (H,), or None if it must be calibrated."""
+    if rule.threshold_per_head is not None:
+        if len(rule.threshold_per_head) != heads:
+            raise SpecError(f"threshold_per_head: expected {heads} values (one per head), "
+                            f"got {len(rule.threshold_per_head)}")
+        return np.asarray(rule.threshold_per_head, dtype=np.float64)
+    if rule.threshold is not None:
+        return np.full(heads, float(rule.threshold))
+    return None
+
+
+def _topk_mask(approx: np.ndarray, valid: np.ndarray, rule: LayerRule) -> np.ndarray:
+    n_valid = np.count_nonzero(valid, axis=-1)  # (Sq,) or (H, Sq)
+    if rule.topk_keys is not None:
+        k = np.minimum(rule.topk_keys, n_valid)
+    else:
+        k = np.ceil(n_valid * float(rule.target_kept_fraction) - 1e-9).astype(np.int64)
+    k = np.broadcast_to(np.minimum(np.maximum(k, 1), np.maximum(n_valid, 1)), approx.shape[:-1])
+    neg = np.where(valid, -approx, np.inf)  # ascending order of neg = descending score; invalid last
+    seq_k = approx.shape[-1]
+    if np.all(k == k.flat[0]):
+        kth = np.partition(neg, int(k.flat[0]) - 1, axis=-1)[..., int(k.flat[0]) - 1:int(k.flat[0])]
+    else:  # causal rows see different numbers of keys: one sort gives every row its own k-th value
+        kth = np.take_along_axis(np.sort(neg, axis=-1), (k - 1)[..., None], axis=-1)
+    keep = neg < kth
+    # Ties at the k-th value: keep the earliest tied keys until the row holds exactly k.
+    room = k - np.count_nonzero(keep, axis=-1)
+    tied = neg == kth
+    rank = np.cumsum(tied, axis=-1, dtype=np.int32 if seq_k < 2**31 else np.int64)
+    keep |= tied & (rank <= room[..., None])
+    return keep
+
+
+def prune_mask(approx: np.ndarray, valid: np.ndarray, rule: LayerRule,
+               thresholds: np.ndarray | None = None) -> np.ndarray:
+    """Bool (H, Sq, Sk): the pairs that survive ``rule``; never a causally invalid pair.
+
+    For a calibrated threshold rule, ``thresholds`` (H,) may be given (e.g. calibrated on another trace);
+    otherwise they are fixed by the rule or calibrated on ``approx`` itself.
+    """
+    _valid_3d(valid, approx.shape)
+    heads = approx.shape[0]
+    if rule.rule == "none":
+        return np.broadcast_to(valid, approx.shape).copy()
+    if rule.rule == "threshold":
+        if thresholds is None:
+            thresholds = fixed_thresholds(rule, heads)
+        if thresholds is None:
+            frac = float(rule.target_kept_fraction)
+            thresholds = calibrate_thresholds(approx, valid, frac, rule.granularity)
+        thr = np.asarray(thresholds, dtype=np.float64)
+        if thr.shape != (heads,):
+            raise ValueError(f"thresholds: expected shape ({heads},), got {thr.shape}")
+        keep = approx >= thr.astype(approx.dtype)[:, None, None]
+        keep &= valid
+        return keep
+    if rule.rule == "margin":
+        row_max = np.where(valid, approx, -np.inf).max(axis=-1, keepdims=True)
+        keep = approx >= (row_max - np.float32(rule.margin)).astype(approx.dtype)
+        keep &= valid
+        return keep
+    if rule.rule == "topk":
+        keep = _topk_mask(approx, valid, rule)
+        keep &= valid
+        return keep
+    raise ValueError(f"rule: expected one of none, threshold, margin, topk, got {rule.rule!r}")
+
+
+def topk_count(n_valid: int, rule: LayerRule) -> int:
+    """Keys a topk rule keeps in a row with ``n_valid`` valid keys (the sorter's output length)."""
+    if n_valid <= 0:
+        return 0
+    if rule.topk_keys is not None:
+        k = rule.topk_keys
+    else:
+        k = math.ceil(n_valid * rule.target_kept_fraction - 1e-9)
+    return min(max(int(k), 1), n_valid)

@@ -1,0 +1,357 @@
+"""Workload trace format v1: the Q, K, V tensors that the accelerator replays.
+
+A trace holds, for every transformer layer and attention head, the query, key and value vectors that enter
+the attention block (after projection and positional encoding, before Q·Kᵀ): exactly what the analog CIM core
+scores and the digital processor attends over. Two layouts hold the same content:
+
+* ``NAME.npz``: an uncompressed zip of ``q.npy``, ``k.npy``, ``v.npy`` and ``meta.npy`` (a 0-d unicode array
+  holding a JSON object). Uncompressed members can be memory-mapped in place.
+* ``NAME/`` (a directory): ``q.npy``, ``k.npy``, ``v.npy`` and ``meta.json``, for traces too large for memory.
+
+Loading never unpickles, and every ``.npy`` header is read and checked against the metadata before any data
+is read, so a corrupt or hostile file is refused before memory is allocated.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import struct
+import tempfile
+import zipfile
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Literal
+
+import numpy as np
+import numpy.lib.format as npf
+
+from soc.errors import TraceError
+from soc.io import atomic_open
+from soc.trace.meta import FORMAT, SOURCES, TraceMeta
+from soc.trace.meta import bad as _bad
+
+__all__ = ["FORMAT", "SOURCES", "ARRAYS", "Trace", "TraceMeta", "load_trace", "save_trace", "trace_info",
+           "check_arrays"]
+
+ARRAYS = ("q", "k", "v")
+_DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
+_DIR_FILES = frozenset({"q.npy", "k.npy", "v.npy", "meta.json"})
+_MAX_META_BYTES = 16 * 2**20  # metadata is a few hundred bytes; anything larger is not a trace
+_FINITE_CHUNK = 1 << 20  # elements per isfinite() pass, into one reused 1 MiB boolean buffer
+_SHAPE_DOC = {
+    "q": "(layers, heads, seq_len - query_offset, head_dim)",
+    "k": "(layers, kv_heads, seq_len, head_dim)",
+    "v": "(layers, kv_heads, seq_len, head_dim)",
+}
+
+
+def _check_header(name: str, shape: tuple[int, ...], dtype: np.dtype, meta: TraceMeta, where: str) -> None:
+    if dtype.hasobject:
+        raise TraceError(f"{where}: {name}: object arrays are refused (loading them would unpickle)")
+    if dtype not in _DTYPES:
+        raise _bad(where, name, "dtype float16 or float32", str(dtype))
+    expected = meta.expected_shapes()[name]
+    if len(shape) != 4:
+        raise TraceError(f"{where}: {name}: expected 4 dimensions {_SHAPE_DOC[name]}, "
+                         f"got shape {tuple(shape)}")
+    if tuple(shape) != expected:
+        raise TraceError(f"{where}: {name}: expected shape {_SHAPE_DOC[name]} = {expected}, "
+                         f"got {tuple(shape)}")
+
+
+def check_arrays(arrays: Mapping[str, np.ndarray], meta: TraceMeta, where: str, *,
+                 finite: bool = True) -> None:
+    """Check q/k/v shapes and dtypes against ``meta`` (and, if ``finite``, that no value is NaN or Inf)."""
+    for name in ARRAYS:
+        _check_header(name, arrays[name].shape, arrays[name].dtype, meta, where)
+    if len({arrays[n].dtype for n in ARRAYS}) != 1:
+        raise _bad(where, "q/k/v", "one dtype for all three", [str(arrays[n].dtype) for n in ARRAYS])
+    if finite:
+        for name in ARRAYS:
+            _check_finite(name, arrays[name], where)
+
+
+def _check_finite(name: str, a: np.ndarray, where: str) -> None:
+    order: Literal["C", "F"] = "F" if a.flags.f_contiguous and not a.flags.c_contiguous else "C"
+    flat = a.ravel(order="K")  # a view for contiguous and memory-mapped arrays: no full copy
+    buf = np.empty(min(flat.size, _FINITE_CHUNK), bool)
+    for start in range(0, flat.size, _FINITE_CHUNK):
+        chunk = flat[start:start + _FINITE_CHUNK]
+        ok = np.isfinite(chunk, out=buf[:chunk.size])
+        if not ok.all():
+            index = np.unravel_index(start + int(np.argmin(ok)), a.shape, order=order)
+            raise TraceError(f"{where}: {name}: non-finite value {a[index]} at "
+                             f"[layer, head, position, dim] = {[int(i) for i in index]}")
+
+
+@dataclass(frozen=True)
+class Trace:
+    """One workload trace: q (layers, heads, seq_q, head_dim); k, v (layers, kv_heads, seq_len, head_dim)."""
+
+    q: np.ndarray
+    k: np.ndarray
+    v: np.ndarray
+    meta: TraceMeta
+    path: str | None = None
+
+    def __post_init__(self) -> None:
+        check_arrays({"q": self.q, "k": self.k, "v": self.v}, self.meta, self.path or "<trace>", finite=False)
+
+    @property
+    def seq_q(self) -> int:
+        return int(self.q.shape[2])
+
+    def nbytes(self) -> int:
+        return int(self.q.nbytes + self.k.nbytes + self.v.nbytes)
+
+
+# ---------------------------------------------------------------------------------------------- reading
+@dataclass
+class _Header:
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fortran: bool
+    data_offset: int  # bytes from the start of the .npy stream to the array data
+
+
+def _read_header(fh: IO[bytes], where: str, name: str) -> _Header:
+    try:
+        version = npf.read_magic(fh)
+        if version == (1, 0):
+            shape, fortran, dtype = npf.read_array_header_1_0(fh)
+        elif version == (2, 0):
+            shape, fortran, dtype = npf.read_array_header_2_0(fh)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile, SyntaxError) as exc:
+        raise TraceError(f"{where}: {name}: not a valid .npy header ({exc})") from None
+    return _Header(tuple(shape), np.dtype(dtype), bool(fortran), fh.tell())
+
+
+def _data_bytes(h: _Header) -> int:
+    return math.prod(h.shape) * h.dtype.itemsize
+
+
+def _check_meta_header(h: _Header, where: str, name: str) -> None:
+    if h.dtype.kind != "U" or h.shape != ():
+        raise _bad(where, name, "a 0-d unicode array holding JSON", f"{h.dtype} array of shape {h.shape}")
+    if _data_bytes(h) > _MAX_META_BYTES:
+        raise _bad(where, name, f"at most {_MAX_META_BYTES} bytes", _data_bytes(h))
+
+
+def _parse_meta(text: str, where: str) -> TraceMeta:
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TraceError(f"{where}: meta: invalid JSON ({exc})") from None
+    return TraceMeta.from_dict(d, where)
+
+
+def _check_budget(headers: Mapping[str, _Header], meta: TraceMeta, where: str, max_bytes: float) -> None:
+    """Validate q/k/v headers against ``meta`` and the memory budget (before any data is read)."""
+    for name in ARRAYS:
+        _check_header(name, headers[name].shape, headers[name].dtype, meta, where)
+    if len({headers[n].dtype for n in ARRAYS}) != 1:
+        raise _bad(where, "q/k/v", "one dtype for all three", [str(headers[n].dtype) for n in ARRAYS])
+    total = sum(_data_bytes(headers[n]) for n in ARRAYS)
+    if total > max_bytes:
+        raise TraceError(f"{where}: q/k/v declare {total} bytes, more than max_bytes={int(max_bytes)}; "
+                         "use a directory trace with mmap=True or raise max_bytes")
+
+
+def _check_length(h: _Header, stored_bytes: int, where: str, name: str) -> None:
+    if stored_bytes - h.data_offset != _data_bytes(h):
+        raise TraceError(f"{where}: {name}: header declares {_data_bytes(h)} data bytes but "
+                         f"{stored_bytes - h.data_offset} are stored (truncated or corrupt)")
+
+
+def _zip_member_offset(fh: IO[bytes], info: zipfile.ZipInfo) -> int:
+    """File offset of a stored zip member's data (after its local header)."""
+    fh.seek(info.header_offset)
+    local = fh.read(30)
+    if len(local) != 30 or local[:4] != b"PK\x03\x04":
+        raise zipfile.BadZipFile(f"bad local header for {info.filename}")
+    name_len, extra_len = struct.unpack("<HH", local[26:30])
+    return info.header_offset + 30 + name_len + extra_len
+
+
+def _open_npz(path: Path, *, read: bool, mmap: bool, max_bytes: float) -> tuple[TraceMeta, dict[str, Any]]:
+    where = str(path)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            members = {i.filename: i for i in zf.infolist()}
+            for name in ("meta", *ARRAYS):
+                if f"{name}.npy" not in members:
+                    raise TraceError(f"{where}: missing array '{name}' (members: {sorted(members)})")
+            headers: dict[str, _Header] = {}
+            for name in ("meta", *ARRAYS):
+                with zf.open(f"{name}.npy") as fh:
+                    headers[name] = _read_header(fh, where, name)
+            _check_meta_header(headers["meta"], where, "meta")
+            _check_length(headers["meta"], members["meta.npy"].file_size, where, "meta")
+            with zf.open("meta.npy") as fh:
+                meta = _parse_meta(str(npf.read_array(fh, allow_pickle=False)[()]), where)
+            mapped = mmap and all(members[f"{n}.npy"].compress_type == zipfile.ZIP_STORED for n in ARRAYS)
+            # order matters: dtype/shape, then the memory budget, then the stored length (a lying header
+            # claiming terabytes is reported as over budget, before anything else is read)
+            _check_budget(headers, meta, where, max_bytes if read and not mapped else math.inf)
+            for name in ARRAYS:
+                _check_length(headers[name], members[f"{name}.npy"].file_size, where, name)
+            if not read:
+                return meta, headers
+            arrays: dict[str, Any] = {}
+            for name in ARRAYS:
+                info, h = members[f"{name}.npy"], headers[name]
+                if mmap and info.compress_type == zipfile.ZIP_STORED:
+                    with open(path, "rb") as raw:
+                        offset = _zip_member_offset(raw, info) + h.data_offset
+                    arrays[name] = np.memmap(path, dtype=h.dtype, mode="r", offset=offset, shape=h.shape,
+                                             order="F" if h.fortran else "C")
+                else:
+                    with zf.open(info) as fh:
+                        arrays[name] = npf.read_array(fh, allow_pickle=False)
+            return meta, arrays
+    except zipfile.BadZipFile as exc:
+        raise TraceError(f"{where}: not a valid .npz (zip) archive: {exc} (truncated or corrupt?)") from None
+    except (ValueError, EOFError, OSError, zlib.error) as exc:
+        raise TraceError(f"{where}: cannot read ({type(exc).__name__}: {exc})") from None
+
+
+def _open_dir(path: Path, *, read: bool, mmap: bool, max_bytes: float) -> tuple[TraceMeta, dict[str, Any]]:
+    where = str(path)
+    for fname in sorted(_DIR_FILES):
+        if not (path / fname).is_file():
+            raise TraceError(f"{where}: missing {fname} (a trace directory holds "
+                             f"{', '.join(sorted(_DIR_FILES))})")
+    meta_file = path / "meta.json"
+    if meta_file.stat().st_size > _MAX_META_BYTES:
+        raise _bad(where, "meta.json", f"at most {_MAX_META_BYTES} bytes", meta_file.stat().st_size)
+    try:
+        meta = _parse_meta(meta_file.read_text(encoding="utf-8"), f"{where}/meta.json")
+        headers: dict[str, _Header] = {}
+        for name in ARRAYS:
+            with open(path / f"{name}.npy", "rb") as fh:
+                headers[name] = _read_header(fh, where, name)
+        _check_budget(headers, meta, where, math.inf if (mmap or not read) else max_bytes)
+        for name in ARRAYS:
+            _check_length(headers[name], (path / f"{name}.npy").stat().st_size, where, name)
+        if not read:
+            return meta, headers
+        arrays = {n: np.load(path / f"{n}.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
+                  for n in ARRAYS}
+    except UnicodeDecodeError as exc:
+        raise TraceError(f"{where}/meta.json: not UTF-8 text ({exc})") from None
+    except (ValueError, EOFError, OSError) as exc:
+        raise TraceError(f"{where}: cannot read ({type(exc).__name__}: {exc})") from None
+    return meta, arrays
+
+
+def _open(path: str | os.PathLike[str], **kwargs: Any) -> tuple[Path, TraceMeta, dict[str, Any]]:
+    p = Path(path)
+    if not p.exists():
+        raise TraceError(f"{p}: no such trace file or directory")
+    opener = _open_dir if p.is_dir() else _open_npz
+    meta, arrays = opener(p, **kwargs)
+    return p, meta, arrays
+
+
+def load_trace(path: str | os.PathLike[str], *, mmap: bool = False, max_bytes: int = 8 * 2**30) -> Trace:
+    """Load and validate a trace. ``max_bytes`` bounds the q/k/v bytes read into memory (memory-mapped
+    arrays, from a directory or from an uncompressed .npz, do not count) and is enforced from the headers."""
+    p, meta, arrays = _open(path, read=True, mmap=mmap, max_bytes=max_bytes)
+    check_arrays(arrays, meta, str(p), finite=True)
+    return Trace(q=arrays["q"], k=arrays["k"], v=arrays["v"], meta=meta, path=str(p))
+
+
+def trace_info(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Shapes, dtypes, metadata and sizes of a trace, from its headers only (no array data is read)."""
+    p, meta, headers = _open(path, read=False, mmap=False, max_bytes=math.inf)
+    files = [p] if p.is_file() else [p / f for f in sorted(_DIR_FILES)]
+    arrays = {n: {"shape": list(headers[n].shape), "dtype": str(headers[n].dtype),
+                  "bytes": _data_bytes(headers[n])} for n in ARRAYS}
+    return {"path": str(p), "layout": "directory" if p.is_dir() else "npz", "meta": meta.to_dict(),
+            "arrays": arrays, "seq_q": meta.seq_q, "file_bytes": sum(f.stat().st_size for f in files),
+            "memory_bytes": sum(a["bytes"] for a in arrays.values())}
+
+
+# ---------------------------------------------------------------------------------------------- writing
+def save_trace(path: str | os.PathLike[str], q: np.ndarray, k: np.ndarray, v: np.ndarray,
+               meta: TraceMeta | Mapping[str, Any], *, overwrite: bool = True) -> Path:
+    """Validate and write a trace atomically: ``*.npz`` -> one file, any other path -> a directory.
+
+    Arrays are stored as given (float16 stays float16). An existing target is replaced only once the new
+    trace is completely written; a directory is replaced only if it holds nothing but trace files."""
+    target = Path(path)
+    where = str(target)
+    if isinstance(meta, Mapping):
+        meta = TraceMeta.from_dict({"format": FORMAT, **meta}, where)
+    elif not isinstance(meta, TraceMeta):
+        raise _bad(where, "meta", "a TraceMeta or a mapping", type(meta).__name__)
+    arrays = {"q": np.asarray(q), "k": np.asarray(k), "v": np.asarray(v)}
+    check_arrays(arrays, meta, where, finite=True)
+    if target.exists() and not overwrite:
+        raise TraceError(f"{where}: already exists (pass overwrite=True to replace it)")
+    text = json.dumps(meta.to_dict(), allow_nan=False)
+    try:
+        if target.suffix == ".npz":
+            if target.is_dir():
+                raise TraceError(f"{where}: is a directory; expected a path for a .npz file")
+            with atomic_open(target, "wb") as fh:
+                # uncompressed: float activations barely compress, and stored members can be memory-mapped
+                np.savez(fh, q=arrays["q"], k=arrays["k"], v=arrays["v"], meta=np.array(text))
+            os.chmod(target, 0o666 & ~_umask())  # the temporary file was private (0600)
+        else:
+            _save_dir(target, arrays, text)
+    except OSError as exc:
+        raise TraceError(f"{where}: cannot write ({exc.strerror or exc})") from None
+    return target
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _save_dir(target: Path, arrays: Mapping[str, np.ndarray], meta_text: str) -> None:
+    where = str(target)
+    if target.exists():
+        if not target.is_dir():
+            raise TraceError(f"{where}: exists and is not a directory; refusing to replace it with a "
+                             "trace directory")
+        foreign = sorted(p.name for p in target.iterdir() if p.name not in _DIR_FILES)
+        if foreign:
+            raise TraceError(f"{where}: exists and holds non-trace files {foreign[:3]}; "
+                             "refusing to replace it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private (0700)
+        for name, a in arrays.items():
+            with open(tmp / f"{name}.npy", "wb") as fh:
+                np.save(fh, a, allow_pickle=False)
+                fh.flush()
+                os.fsync(fh.fileno())
+        with open(tmp / "meta.json", "w", encoding="utf-8") as fh:
+            fh.write(meta_text + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            os.rename(target, old / "trace")
+            try:
+                os.rename(tmp, target)
+            except BaseException:
+                os.rename(old / "trace", target)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
