@@ -1,0 +1,93 @@
+"""The command line: outputs, and bad input -> exit 2 with one line, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from soc.cli import main
+from soc.errors import SimulationStalled
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "soc", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_run_with_no_arguments_writes_a_report(tmp_path):
+    proc = run_cli("run", "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["schema"] == "soc.report/1"
+    assert report["workload"]["source"] == "capture"  # a real bundled trace
+    assert 0 < report["pruning"]["kept_fraction"] < 1
+    assert "latency" in proc.stdout and "kept" in proc.stdout
+
+
+def test_dense_config_reports_exact_output(tmp_path, capsys):
+    assert main(["run", "--config", "configs/dense-digital.yaml", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["pruning"]["kept_fraction"] == 1.0
+    assert report["accuracy"]["output_rel_err"] < 1e-5
+    hybrid = tmp_path / "h"
+    assert main(["run", "--out", str(hybrid)]) == 0
+    r = json.loads((hybrid / "report.json").read_text())
+    assert r["pruning"]["kept_fraction"] < 1 and r["traffic"]["savings"]["dram"] > 1
+
+
+def _bad_npz(path: Path) -> Path:
+    np.savez(path, q=np.zeros((1, 2, 4, 8), np.float32), k=np.zeros((1, 2, 5, 8), np.float32),
+             v=np.zeros((1, 2, 5, 8), np.float32))
+    return path
+
+
+@pytest.mark.parametrize("make_args, message", [
+    (lambda t: ["run", "--config", str(t / "nope.yaml")], "no such config file"),
+    (lambda t: ["run", "--set", "sram.banks=-2"], r"sram.banks: expected an integer in \[1, 1024\], got -2"),
+    (lambda t: ["run", "--set", "cim.nonsense=1"], "cim.nonsense: unknown key"),
+    (lambda t: ["run", "--trace", str(t / "missing.npz")], "missing.npz"),
+    (lambda t: ["run", "--trace", str(_bad_npz(t / "bad.npz"))], "bad.npz"),
+    (lambda t: ["run", "--set", "token_buffer.depth_entries=0"], "token_buffer.depth_entries"),
+    (lambda t: ["trace", "synth", "--workload", "no-such-model", "--out", str(t / "x.npz")], "no-such-model"),
+    (lambda t: ["trace", "info", str(t)], r"missing \w\.npy \(a trace directory holds"),
+])
+def test_bad_input_exits_2_with_one_line(tmp_path, make_args, message):
+    proc = run_cli(*make_args(tmp_path))
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("soc: error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert re.search(message, lines[0]), lines[0]
+
+
+def test_trace_synth_then_info_then_run(tmp_path):
+    out = tmp_path / "t.npz"
+    assert run_cli("trace", "synth", "--workload", "bert-base", "--seq-len", "128", "--layers", "2",
+                   "--out", str(out)).returncode == 0
+    info = json.loads(run_cli("trace", "info", str(out)).stdout)
+    assert info["meta"]["layers"] == 2 and info["meta"]["seq_len"] == 128
+    proc = run_cli("run", "--trace", str(out), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_a_stall_is_detected_and_names_who_waits(paper_cfg, small_trace, monkeypatch):
+    """If the fetch stage died early, the digital processor would wait forever: the run must say so."""
+    from soc import simulate
+    from soc.system import System
+
+    original = System._fetch_stage
+
+    def broken_fetch(self, i, n, ready):
+        yield from original(self, i, n - 1, ready)  # loses the last tile
+
+    monkeypatch.setattr(System, "_fetch_stage", broken_fetch)
+    with pytest.raises(SimulationStalled, match=r"digital0 waits for K/V buffer \(empty\)"):
+        simulate(paper_cfg, small_trace)
