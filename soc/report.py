@@ -79,7 +79,7 @@ def build_report(cfg: SocConfig, trace, shape: Shape, func, stats, *, wall_s: fl
     cim_j = by_block.get("cim", 0.0)
     energy = {
         "total_j": total_j, "on_chip_j": on_chip_j, "by_block": by_block, "static_by_block": static_j,
-        "detail": detail,
+        "detail": detail, "counts": {name: dict(c) for name, c in counts.items()},
         "tops_per_w": _ratio(performed_ops * 1e-12, on_chip_j),
         "tops_per_w_with_dram": _ratio(performed_ops * 1e-12, total_j),
         "effective_tops_per_w": _ratio(dense_ops * 1e-12, on_chip_j),

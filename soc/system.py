@@ -3,7 +3,9 @@
 Phases: build (blocks from the registry by kind) -> elaborate (graph checks, routes, capacities) -> run ->
 collect. Per CIM/digital pair three processes overlap:
 
-- ``cim``: loads the query tile and (when needed) the key tile into the array, scores, sends the keep bitmap and
+- ``cim.loader``: prefetches query tiles and key MSBs from DRAM into SRAM and the query MSBs into the array's
+  double-buffered input register, two tiles ahead;
+- ``cim``: loads (when needed) the key tile into the array, scores, sends the keep bitmap and
   puts the tile into the token buffer (waiting while it is full: back-pressure);
 - ``fetch``: takes a tile from the token buffer and fetches the K/V rows it needs from DRAM into SRAM, then hands
   it to the digital side through a two-slot K/V buffer (double buffering);
@@ -123,21 +125,32 @@ class System:
                         {"bytes": nbytes} if self._move_args else None)
 
     # --- stages --------------------------------------------------------------------------------------------
-    def _cim_stage(self, i: int, rows: list[tuple]):
+    def _cim_load_stage(self, i: int, rows: list[tuple], inputs: simpy.Store):
+        """Prefetches each tile's query tile and key MSBs into SRAM while the array works on earlier tiles."""
+        me = f"cim{i}.loader"
+        for r in rows:
+            if r[QLOAD]:
+                self.waiting[me] = "query tile load (dram -> sram)"
+                yield from self._move("dram", "sram", r[QLOAD], "q_load", (MemAccess(r[Q_ADDR], r[QLOAD]),))
+                # the query MSBs go to the array's double-buffered input register
+                yield from self._move("sram", f"cim{i}", r[QMSB], "q_msb")
+            if r[KMSB_FETCH]:
+                self.waiting[me] = "key MSB fetch (dram -> sram)"
+                yield from self._move("dram", "sram", r[KMSB_FETCH], "k_msb_fetch",
+                                      (MemAccess(r[MSB_ADDR], r[KMSB_FETCH]),))
+            self.waiting[me] = f"cim{i} input buffer (full)"
+            yield inputs.put(r)
+        self.waiting.pop(me, None)
+
+    def _cim_stage(self, i: int, n: int, inputs: simpy.Store):
         env, cim, tb = self.env, self.cims[i], self.buffers[i]
         name, dig = cim.name, f"digital{i}"
         array = cim.array
         msb_src = "sram" if self.placement.msb_on_chip else "dram"
         spans = array._span is not None
-        for r in rows:
-            if r[QLOAD]:
-                self.waiting[name] = "query tile load (dram -> sram -> array inputs)"
-                yield from self._move("dram", "sram", r[QLOAD], "q_load", (MemAccess(r[Q_ADDR], r[QLOAD]),))
-                yield from self._move("sram", name, r[QMSB], "q_msb")
-            if r[KMSB_FETCH]:
-                self.waiting[name] = "key MSB fetch (dram -> sram)"
-                yield from self._move("dram", "sram", r[KMSB_FETCH], "k_msb_fetch",
-                                      (MemAccess(r[MSB_ADDR], r[KMSB_FETCH]),))
+        for _ in range(n):
+            self.waiting[name] = f"cim{i} input buffer (empty)"
+            r = yield inputs.get()
             if r[KMSB_LOAD]:
                 # the key tile streams from memory straight into the array rows as they are written
                 self.waiting[name] = f"key tile load ({msb_src} -> array)"
@@ -206,6 +219,8 @@ class System:
         hd = self.shape.head_dim
         if self.cims:
             cim = self.cims[0]
+            for c in self.cims:
+                c.set_head_dim(hd)
             d["write_ns"] = cim.write_ns(d["array_loads"] * chunks["k_cols"], hd)
             d["score_ns"] = cim.score_ns(chunks["q_rows"], chunks["k_cols"], d["rule_code"], d["tiles_per_head"])
         else:
@@ -227,8 +242,12 @@ class System:
         procs = []
         for i, mine in enumerate(per_pair):
             ready = simpy.Store(self.env, capacity=2)
-            stage = self._cim_stage(i, mine) if self.cims else self._feed_stage(i, mine)
-            procs.append(self.env.process(stage))
+            if self.cims:
+                inputs = simpy.Store(self.env, capacity=2)  # double-buffered query/key-MSB inputs
+                procs.append(self.env.process(self._cim_load_stage(i, mine, inputs)))
+                procs.append(self.env.process(self._cim_stage(i, len(mine), inputs)))
+            else:
+                procs.append(self.env.process(self._feed_stage(i, mine)))
             procs.append(self.env.process(self._fetch_stage(i, len(mine), ready)))
             procs.append(self.env.process(self._digital_stage(i, len(mine), ready)))
         self.env.run()

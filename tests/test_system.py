@@ -81,7 +81,7 @@ def shape_of_result(res):
 def test_token_buffer_back_pressure_slows_the_cim_when_digital_is_the_bottleneck(small_trace):
     # fast memory, a digital side slower than the CIM on average, and per-layer thresholds so that the digital
     # work per tile varies a lot between heads: a deep buffer lets the CIM run ahead through cheap tiles
-    setup = ["digital.mac_lanes=192", "digital.softmax_lanes=16", "dram.bandwidth_gb_per_s=100",
+    setup = ["digital.mac_lanes=48", "digital.softmax_lanes=16", "dram.bandwidth_gb_per_s=100",
              "interconnect.links.0.bandwidth_gb_per_s=100", "pruning.granularity=layer"]
     r1 = simulate(load_config("configs/hybrid65nm.yaml", setup + ["token_buffer.depth_entries=1"]), small_trace).report
     r8 = simulate(load_config("configs/hybrid65nm.yaml", setup + ["token_buffer.depth_entries=8"]), small_trace).report

@@ -56,10 +56,13 @@ class DataflowConfig:
 
 @dataclass(frozen=True)
 class CimConfig:
-    kind: str = param("charge_cim", choices=("charge_cim",), doc="Block model.")
-    enabled: bool = param(True, doc="false: no analog pruning; the digital processor computes every pair.")
+    kind: str = param("charge_cim", choices=("charge_cim", "digital_predictor"),
+                      doc="charge_cim: the analog array; digital_predictor: a SpAtten-like digital unit that "
+                          "computes the MSB scores with predictor_lanes 4-bit MACs per cycle.")
+    enabled: bool = param(True, doc="false: no pruning stage; the digital processor computes every pair.")
     count: int = param(1, ge=1, le=64, doc="CIM cores (each paired with a digital processor).")
-    clock_ghz: float = param(1.1, gt=0.0, le=10.0, doc="CIM compute clock.")
+    clock_ghz: float = param(1.1, gt=0.0, le=10.0, doc="CIM compute clock (one bit-serial step per cycle).")
+    write_clock_ghz: float = param(1.1, gt=0.0, le=10.0, doc="Clock of array writes (ordinary SRAM writes).")
     array_rows: int = param(128, ge=8, le=65536, doc="Bitcell rows: a stored key spans whole columns.")
     array_cols: int = param(128, ge=1, le=65536, doc="Bitcell columns.")
     query_bits: int = param(4, ge=1, le=8, doc="Query MSBs driven bit-serially on the wordlines.")
@@ -70,7 +73,8 @@ class CimConfig:
     write_bits_per_cycle: int = param(128, ge=1, doc="Array write bandwidth (one row per cycle).")
     max_tree_cycles: int = param(7, ge=0, doc="margin rule, keys in one tile: cycles of the row-max tree.")
     sorter_scores_per_cycle: int = param(16, ge=1, doc="topk rule: scores the sorter takes per cycle.")
-    mac_pj: float = param(0.05, ge=0.0, doc="Energy per analog MAC at the configured bits.")
+    predictor_lanes: int = param(64, ge=1, doc="digital_predictor: low-precision MACs per cycle.")
+    mac_pj: float = param(0.05, ge=0.0, doc="Energy per MAC of the scorer at the configured bits.")
     compare_pj: float = param(0.05, ge=0.0, doc="Energy per comparator decision (one per key per query).")
     write_pj_per_bit: float = param(0.02, ge=0.0, doc="Energy per bit written into the array.")
     static_mw: float = param(1.0, ge=0.0, doc="Leakage and bias power.")
@@ -96,7 +100,7 @@ class DigitalConfig:
     kind: str = param("mac_array", choices=("mac_array",), doc="Block model.")
     clock_ghz: float = param(1.1, gt=0.0, le=10.0, doc="Digital clock.")
     mac_lanes: int = param(64, ge=1, doc="MACs per cycle (Q.K and P.V share them).")
-    softmax_lanes: int = param(4, ge=1, doc="exp evaluations per cycle.")
+    softmax_lanes: int = param(4, ge=1, doc="exp evaluations per cycle (pipelined beside the MACs).")
     job_overhead_cycles: int = param(8, ge=0, doc="Fixed cycles per tile job (setup, drain).")
     mac_pj: float = param(0.6, ge=0.0, doc="Energy per MAC at element precision.")
     softmax_pj: float = param(2.0, ge=0.0, doc="Energy per exp + accumulate.")
@@ -121,15 +125,66 @@ class SramConfig:
         return self.banks * self.bank_bytes
 
 
+_DRAM_PRESETS = ("lpddr4-3200", "ddr4-3200", "hbm2")  # soc/hw/dram_presets.py PRESETS (a test keeps them equal)
+
+
 @dataclass(frozen=True)
 class DramConfig:
-    kind: str = param("simple", choices=("simple",), doc="Block model.")
-    bandwidth_gb_per_s: float = param(6.4, gt=0.0, le=1e5, doc="Peak bandwidth (1 GB/s = 1 byte/ns).")
-    latency_ns: float = param(40.0, ge=0.0, le=1e6, doc="Access latency before data flows.")
-    read_pj_per_byte: float = param(20.0, ge=0.0, doc="Off-chip read energy incl. I/O.")
-    write_pj_per_byte: float = param(20.0, ge=0.0)
-    static_mw: float = param(0.0, ge=0.0, doc="Background power (not counted in the SoC's own power).")
+    """Off-chip DRAM. ``simple``: one channel, latency + bytes / bandwidth. ``banked``: channels, banks, row
+    buffers and JEDEC timing (soc/hw/dram_banked.py); every ``banked`` field left null takes the preset's value."""
+    kind: str = param("simple", choices=("simple", "banked"), doc="Block model.")
+    bandwidth_gb_per_s: float = param(6.4, gt=0.0, le=1e5, doc="simple: peak bandwidth (1 GB/s = 1 byte/ns).")
+    latency_ns: float = param(40.0, ge=0.0, le=1e6, doc="simple: access latency before data flows.")
+    read_pj_per_byte: float = param(20.0, ge=0.0, doc="simple: off-chip read energy incl. I/O.")
+    write_pj_per_byte: float = param(20.0, ge=0.0, doc="simple: off-chip write energy incl. I/O.")
+    static_mw: float = param(0.0, ge=0.0, doc="simple: background power (not counted in the SoC's own power).")
     area_mm2: float = param(0.0, ge=0.0, doc="Off-chip: not part of the die.")
+    # --- banked: organization ---------------------------------------------------------------------------------
+    preset: str = param("lpddr4-3200", choices=_DRAM_PRESETS,
+                        doc="banked: standard part whose timing, organization and energy fill every null field.")
+    channels: int | None = param(None, ge=1, le=64, doc="banked: independent channels (each its own data bus).")
+    banks_per_channel: int | None = param(None, ge=1, le=256, doc="banked: banks per channel (all groups).")
+    bank_groups: int | None = param(None, ge=1, le=64, doc="banked: bank groups per channel (1: none).")
+    rows_per_bank: int | None = param(None, ge=1, le=1 << 24, doc="banked: rows per bank (a power of two).")
+    row_bytes: int | None = param(None, ge=16, le=1 << 20, doc="banked: row (page) size per channel, bytes.")
+    bus_bytes: int | None = param(None, ge=1, le=1024, doc="banked: data bus width per channel, bytes.")
+    burst_length: int | None = param(None, ge=1, le=64, doc="banked: transfers per burst (BL).")
+    data_rate_mtps: float | None = param(None, gt=0.0, le=1e5, doc="banked: transfers per second, millions.")
+    address_mapping: str | None = param(None, doc="banked: address bit fields from MSB to LSB, ':'-separated, "
+                                                  "from row, bank, bankgroup, channel, column (the burst "
+                                                  "offset is always lowest), e.g. row:bank:channel:column.")
+    page_policy: str = param("open", choices=("open", "closed"),
+                             doc="banked: open keeps a row open until a conflict; closed precharges after the "
+                                 "last access of a request to that row.")
+    scheduler: str = param("frfcfs", choices=("fcfs", "frfcfs"),
+                           doc="banked: fcfs serves a request's bursts in address order; frfcfs serves, per "
+                               "bank, bursts to the open row first and each row's bursts together (within one "
+                               "request: requests themselves are served in arrival order).")
+    refresh: bool = param(False, doc="banked: model all-bank refresh (tRFC every tREFI, rows closed).")
+    # --- banked: timing (ns) --------------------------------------------------------------------------------
+    cl_ns: float | None = param(None, ge=0.0, le=1e4, doc="banked: read command to first data (CL/RL).")
+    cwl_ns: float | None = param(None, ge=0.0, le=1e4, doc="banked: write command to first data (CWL/WL).")
+    trcd_ns: float | None = param(None, ge=0.0, le=1e4, doc="banked: activate to column command.")
+    trp_ns: float | None = param(None, ge=0.0, le=1e4, doc="banked: precharge to activate.")
+    tras_ns: float | None = param(None, ge=0.0, le=1e4, doc="banked: activate to precharge, minimum.")
+    twr_ns: float | None = param(None, ge=0.0, le=1e4, doc="banked: end of write data to precharge.")
+    trtp_ns: float | None = param(None, ge=0.0, le=1e4, doc="banked: read command to precharge.")
+    twtr_s_ns: float | None = param(None, ge=0.0, le=1e4, doc="banked: end of write data to read, other group.")
+    twtr_l_ns: float | None = param(None, ge=0.0, le=1e4, doc="banked: end of write data to read, same group.")
+    tccd_s_ns: float | None = param(None, ge=0.0, le=1e4, doc="banked: column to column, other bank group.")
+    tccd_l_ns: float | None = param(None, ge=0.0, le=1e4, doc="banked: column to column, same bank group.")
+    trrd_s_ns: float | None = param(None, ge=0.0, le=1e4, doc="banked: activate to activate, other group.")
+    trrd_l_ns: float | None = param(None, ge=0.0, le=1e4, doc="banked: activate to activate, same group.")
+    tfaw_ns: float | None = param(None, ge=0.0, le=1e5, doc="banked: window holding at most four activates.")
+    trfc_ns: float | None = param(None, ge=0.0, le=1e5, doc="banked: all-bank refresh duration.")
+    trefi_ns: float | None = param(None, gt=0.0, le=1e7, doc="banked: refresh interval.")
+    # --- banked: energy ------------------------------------------------------------------------------------------
+    activate_pj: float | None = param(None, ge=0.0, doc="banked: one activate + its precharge.")
+    read_burst_pj: float | None = param(None, ge=0.0, doc="banked: one read burst in the devices.")
+    write_burst_pj: float | None = param(None, ge=0.0, doc="banked: one write burst in the devices.")
+    refresh_pj: float | None = param(None, ge=0.0, doc="banked: one all-bank refresh of a channel.")
+    io_pj_per_byte: float | None = param(None, ge=0.0, doc="banked: pin I/O energy per byte moved.")
+    background_mw: float | None = param(None, ge=0.0, doc="banked: standby power per channel (off-chip).")
 
 
 @dataclass(frozen=True)
@@ -148,9 +203,32 @@ def _default_links() -> tuple[LinkConfig, ...]:
 
 @dataclass(frozen=True)
 class InterconnectConfig:
+    """The on-chip network as a graph. ``explicit``: exactly ``links``. ``bus``, ``crossbar``, ``mesh``: the
+    links are generated for dram, sram and every cimN/digitalN pair (soc/topology.py) from the link_* and
+    dram_link_* parameters below; ``links`` is then ignored."""
+    topology: str = param("explicit", choices=("explicit", "bus", "crossbar", "mesh"),
+                          doc="explicit: the links list; bus: one shared half-duplex medium; crossbar: a "
+                              "switch with one full-duplex port per block; mesh: a 2D grid of routers, one "
+                              "block per router.")
     links: tuple[LinkConfig, ...] = param(default_factory=_default_links,
                                           doc="Undirected links between block instances (dram, sram, cimN, "
-                                              "digitalN).")
+                                              "digitalN) and routers.")
+    routers: tuple[str, ...] = param(default_factory=tuple,
+                                     doc="Switch/router nodes that links may join besides blocks (filled in by "
+                                         "the generators).")
+    shared: dict[str, tuple[int, ...]] = param(default_factory=dict,
+                                               doc="Medium name -> indices into links that share one port (a "
+                                                   "bus): any transfer over them claims it once.")
+    link_bandwidth_gb_per_s: float = param(35.2, gt=0.0, le=1e5,
+                                           doc="Generated topologies: bandwidth of each on-chip link/port "
+                                               "(the bus's total for bus).")
+    link_latency_ns: float = param(1.0, ge=0.0, le=1e4, doc="Generated topologies: latency per on-chip hop.")
+    link_pj_per_byte: float = param(0.1, ge=0.0, doc="Generated topologies: energy per byte per on-chip hop.")
+    dram_link_bandwidth_gb_per_s: float = param(12.8, gt=0.0, le=1e5,
+                                                doc="crossbar/mesh: bandwidth of the off-chip memory port.")
+    dram_link_latency_ns: float = param(2.0, ge=0.0, le=1e4, doc="crossbar/mesh: latency of the memory port.")
+    dram_link_pj_per_byte: float = param(0.5, ge=0.0, doc="crossbar/mesh: energy per byte of the memory port.")
+    mesh_cols: int | None = param(None, ge=1, le=256, doc="mesh: routers per row (null: ceil(sqrt(blocks))).")
 
 
 @dataclass(frozen=True)
