@@ -73,8 +73,13 @@ def shape_of(trace) -> Shape:
 
 
 def simulate(cfg: SocConfig, trace, *, recorder: Recorder = OFF, seed: int | None = None,
-             keep_output: bool = False, keep_masks: bool = False, calibration=None) -> Result:
-    """Run ``trace`` on the SoC ``cfg``; ``seed`` (default ``cfg.seed``) drives the analog noise only."""
+             keep_output: bool = False, keep_masks: bool = False, calibration=None,
+             model_accuracy: bool = True) -> Result:
+    """Run ``trace`` on the SoC ``cfg``; ``seed`` (default ``cfg.seed``) drives the analog noise only.
+
+    With ``model_accuracy`` and a trace captured from a model that is installed, the model is re-run with the
+    same pruning in every layer and its task metric lands in ``report["accuracy"]["model"]``.
+    """
     wall0 = time.perf_counter()
     shape = shape_of(trace)
     m = trace.meta
@@ -87,13 +92,22 @@ def simulate(cfg: SocConfig, trace, *, recorder: Recorder = OFF, seed: int | Non
         from soc.trace import load_trace
         cal = load_trace(cfg.pruning.calibration_trace)
         calibration = (cal.q, cal.k)
+    spec = pruning_spec(cfg)
+    seed = cfg.seed if seed is None else seed
     func = run_functional(trace.q, trace.k, trace.v, scale=m.scale, causal=m.causal,
-                          query_offset=m.query_offset, pruning=pruning_spec(cfg),
+                          query_offset=m.query_offset, pruning=spec,
                           q_tile=cfg.dataflow.q_tile_rows, k_tile=system.key_tile,
-                          seed=cfg.seed if seed is None else seed, keep_output=keep_output,
+                          seed=seed, keep_output=keep_output,
                           keep_masks=keep_masks, calibration=calibration)
     stats = system.run(func.chunks)
     report = build_report(cfg, trace, shape, func, stats, wall_s=time.perf_counter() - wall0)
+    if model_accuracy:
+        from soc.model_accuracy import model_accuracy as evaluate
+
+        task = evaluate(trace, spec, func, seed)
+        if task is not None:
+            report["accuracy"]["model"] = task
+        report["sim"]["wall_s"] = time.perf_counter() - wall0
     return Result(report=report, functional=func, stats=stats, config=cfg)
 
 
