@@ -76,6 +76,15 @@ def test_cim_timing_rule_per_pruning_rule():
     assert cim.key_tile(64) == 64 and cim.key_tile(32) == 128
 
 
+def test_digital_predictor_pays_per_element_where_the_array_pays_per_query():
+    cfg = config_from_dict({"cim": {"kind": "digital_predictor", "predictor_lanes": 64, "compare_cycles": 0,
+                                    "clock_ghz": 1.0}}).cim
+    env, pred = make("cim", cfg, "cim0")
+    pred.set_head_dim(32)
+    got = pred.score_ns(np.array([32]), np.array([128]), np.array([3]), np.array([2]))[0]
+    assert got == pytest.approx(32 * (128 * 32 / 64) + 32 * math.ceil(128 / 16))  # MACs, then the top-k sorter
+
+
 def test_digital_timing_rule():
     env, dig = make("digital", CFG.digital, "digital0")
     got = dig.compute_ns(np.array([100]), np.array([10]), 64)[0]

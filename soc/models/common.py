@@ -67,6 +67,9 @@ _ERFC_COF = np.array([
     6.529054439e-9, 5.059343495e-9, -9.91364156e-10, -2.27365122e-10,
     9.6467911e-11, 2.394038e-12, -6.886027e-12, 8.94487e-13,
 ])
+# Attention logits are computed for blocks of queries of at most this many elements (16 MB float32): the
+# S x S scores of SmolLM2 at 2048 tokens would be 150 MB per layer, and causal blocks skip future keys.
+_BLOCK_ELEMENTS = 1 << 22
 _CHUNK = 1 << 15  # elements per chunk: keeps the 20-step recurrence in cache (12x faster than whole arrays)
 
 
@@ -170,33 +173,47 @@ def attention(
     heads, seq, dim = q.shape
     kv_heads = k.shape[0]
     group = heads // kv_heads
-    # (KV, group*S, D) @ (KV, D, S): one batched GEMM per kv head, no copies of K per query head.
-    logits = np.matmul(q.reshape(kv_heads, group * seq, dim), k.transpose(0, 2, 1))
-    logits = logits.reshape(heads, seq, seq)
-    logits *= np.float32(scale)
-    # ``blocked``: pairs the softmax must not see (future keys if causal, keys pruned by the keep mask).
-    future = np.triu(np.ones((seq, seq), dtype=bool), 1) if causal else None
+    q4 = q.reshape(kv_heads, group, seq, dim)
+    ctx = np.empty((kv_heads, group, seq, dim), dtype=np.float32)
+    probs_all = np.zeros((heads, seq, seq), dtype=np.float32) if want_probs else None
     allowed_count = heads * (seq * (seq + 1) // 2 if causal else seq * seq)
-    if keep is None:
-        blocked, kept_count = future, allowed_count
-    else:
-        blocked = ~keep if future is None else ~keep | future
-        kept_count = heads * seq * seq - int(np.count_nonzero(blocked))
+    kept_count = 0
+    rows = max(1, _BLOCK_ELEMENTS // (heads * seq))
+    for i0 in range(0, seq, rows):
+        i1 = min(seq, i0 + rows)
+        n = i1 - i0
+        # A causal block of queries [i0, i1) never sees keys at or after i1: half the work at long S.
+        kend = i1 if causal else seq
+        # (KV, group*n, D) @ (KV, D, kend): one batched GEMM per kv head, no copies of K per query head.
+        qb = q4[:, :, i0:i1].reshape(kv_heads, group * n, dim)
+        logits = np.matmul(qb, k[:, :kend].transpose(0, 2, 1)).reshape(heads, n, kend)
+        logits *= np.float32(scale)
+        # ``blocked``: pairs the softmax must not see (future keys if causal, keys pruned by the keep mask).
+        blocked = np.arange(kend)[None, :] > np.arange(i0, i1)[:, None] if causal else None
+        if keep is None:
+            # rows i0..i1-1 of a causal block see i+1 keys each
+            kept_count += heads * ((i1 * (i1 + 1) - i0 * (i0 + 1)) // 2 if causal else n * kend)
+        else:
+            kb = keep[:, i0:i1, :kend]
+            blocked = ~kb if blocked is None else ~kb | blocked
+            kept_count += heads * n * kend - int(np.count_nonzero(blocked))
+        if blocked is not None:
+            np.copyto(logits, -np.inf, where=blocked)
+        row_max = logits.max(-1, keepdims=True)
+        row_max[~np.isfinite(row_max)] = 0.0  # a row with no kept key: exp(-inf) = 0 everywhere, output 0
+        logits -= row_max
+        np.exp(logits, out=logits)
+        denom = logits.sum(-1, keepdims=True)
+        denom[denom == 0] = 1.0
+        logits /= denom
+        out = np.matmul(logits.reshape(kv_heads, group * n, kend), v[:, :kend])
+        ctx[:, :, i0:i1] = out.reshape(kv_heads, group, n, dim)
+        if probs_all is not None:
+            probs_all[:, i0:i1, :kend] = logits
     stats.allowed_pairs += allowed_count
     stats.kept_pairs += kept_count
     stats.per_layer_kept_fraction.append(kept_count / allowed_count)
-    if blocked is not None:
-        np.copyto(logits, -np.inf, where=blocked)
-    row_max = logits.max(-1, keepdims=True)
-    row_max[~np.isfinite(row_max)] = 0.0  # a row with no kept key: exp(-inf) = 0 everywhere, output 0
-    logits -= row_max
-    np.exp(logits, out=logits)
-    denom = logits.sum(-1, keepdims=True)
-    denom[denom == 0] = 1.0
-    logits /= denom
-    probs = logits
-    ctx = np.matmul(probs.reshape(kv_heads, group * seq, seq), v).reshape(heads, seq, dim)
-    return ctx, (probs if want_probs else None)
+    return ctx.reshape(heads, seq, dim), probs_all
 
 
 @dataclass
