@@ -37,10 +37,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = simulate(cfg, trace, recorder=recorder, seed=args.seed)
     out = Path(args.out)
     write_json(out / "report.json", result.report)
-    if finish is not None:
-        finish(result)
     print(summary_text(result.report))
     print(f"  wrote          {out / 'report.json'}")
+    if finish is not None:
+        finish(result)
     return 0
 
 
@@ -110,6 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default="out", help="output directory (default: out/)")
     r.add_argument("--timeline", default=None, help="write a timeline (.json Chrome trace or .pftrace Perfetto)")
     r.add_argument("--plots", default=None, help="write PNG plots into this directory")
+    r.add_argument("--timeline-window", default=None, metavar="START_US:END_US",
+                   help="keep spans overlapping this window of simulated time, in microseconds (either end optional)")
+    r.add_argument("--timeline-layers", default=None, metavar="LIST", help="keep these layers' tiles, e.g. 0,2-3")
+    r.add_argument("--timeline-heads", default=None, metavar="LIST", help="keep these heads' tiles, e.g. 0-3")
+    r.add_argument("--timeline-blocks", default=None, metavar="PATTERNS",
+                   help="block/port glob patterns, e.g. 'cim*,digital*,dram*' (default: every block)")
+    r.add_argument("--timeline-max-events", type=int, default=None, metavar="N",
+                   help="event budget of the timeline (default 200000, 0: no limit); truncation is noted")
     r.add_argument("--seed", type=int, default=None, help="seed of the analog noise (default: the config's)")
     r.set_defaults(func=cmd_run)
 

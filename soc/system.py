@@ -120,9 +120,19 @@ class System:
             jobs += self.memories[dst].access(nbytes, write=True, where=where)
         return jobs
 
-    def _move(self, src: str, dst: str, nbytes: float, label: str, where: tuple[MemAccess, ...] | None = None):
+    def _move(self, src: str, dst: str, nbytes: float, label: str, where: tuple[MemAccess, ...] | None = None,
+              r: tuple | None = None):
         yield from hold(self.env, self._route_jobs(src, dst, nbytes, where), label,
-                        {"bytes": nbytes} if self._move_args else None)
+                        self._args(r, nbytes) if self._move_args else None)
+
+    @staticmethod
+    def _args(r: tuple | None, nbytes: float | None = None) -> dict:
+        """Span arguments (only built when a timeline listens): the tile and the bytes moved."""
+        args: dict = {} if r is None else {"layer": r[LAYER], "head": r[HEAD], "qtile": r[QTILE],
+                                            "ktile": r[KTILE], "kept": r[KEPT]}
+        if nbytes is not None:
+            args["bytes"] = nbytes
+        return args
 
     # --- stages --------------------------------------------------------------------------------------------
     def _cim_load_stage(self, i: int, rows: list[tuple], inputs: simpy.Store):
@@ -131,13 +141,13 @@ class System:
         for r in rows:
             if r[QLOAD]:
                 self.waiting[me] = "query tile load (dram -> sram)"
-                yield from self._move("dram", "sram", r[QLOAD], "q_load", (MemAccess(r[Q_ADDR], r[QLOAD]),))
+                yield from self._move("dram", "sram", r[QLOAD], "q_load", (MemAccess(r[Q_ADDR], r[QLOAD]),), r)
                 # the query MSBs go to the array's double-buffered input register
-                yield from self._move("sram", f"cim{i}", r[QMSB], "q_msb")
+                yield from self._move("sram", f"cim{i}", r[QMSB], "q_msb", None, r)
             if r[KMSB_FETCH]:
                 self.waiting[me] = "key MSB fetch (dram -> sram)"
                 yield from self._move("dram", "sram", r[KMSB_FETCH], "k_msb_fetch",
-                                      (MemAccess(r[MSB_ADDR], r[KMSB_FETCH]),))
+                                      (MemAccess(r[MSB_ADDR], r[KMSB_FETCH]),), r)
             self.waiting[me] = f"cim{i} input buffer (full)"
             yield inputs.put(r)
         self.waiting.pop(me, None)
@@ -147,7 +157,6 @@ class System:
         name, dig = cim.name, f"digital{i}"
         array = cim.array
         msb_src = "sram" if self.placement.msb_on_chip else "dram"
-        spans = array._span is not None
         for _ in range(n):
             self.waiting[name] = f"cim{i} input buffer (empty)"
             r = yield inputs.get()
@@ -155,12 +164,12 @@ class System:
                 # the key tile streams from memory straight into the array rows as they are written
                 self.waiting[name] = f"key tile load ({msb_src} -> array)"
                 yield from hold(env, self._route_jobs(msb_src, name, r[KMSB_LOAD], (MemAccess(r[MSB_ADDR], r[KMSB_LOAD]),))
-                                + [(array, r[WRITE_NS])], "array_write")
+                                + [(array, r[WRITE_NS])], "array_write",
+                                self._args(r, r[KMSB_LOAD]) if self._move_args else None)
             # the comparators' keep bits leave for the digital side while the array scores
             self.waiting[name] = "the array"
             yield from hold(env, [(array, r[SCORE_NS])] + self.net.transfer(name, dig, r[MASK]), "score",
-                            {"layer": r[LAYER], "head": r[HEAD], "qtile": r[QTILE], "ktile": r[KTILE],
-                             "kept": r[KEPT]} if spans else None)
+                            self._args(r, r[MASK]) if self._move_args else None)
             cim.record_chunk(r[CIM_MACS], r[CIM_CMP], r[WBITS])
             self.waiting[name] = f"token_buffer{i} (full)"
             yield from tb.put(r, r[MASK])
@@ -172,7 +181,7 @@ class System:
         for r in rows:
             if r[QLOAD]:
                 self.waiting[me] = "query tile load (dram -> sram)"
-                yield from self._move("dram", "sram", r[QLOAD], "q_load", (MemAccess(r[Q_ADDR], r[QLOAD]),))
+                yield from self._move("dram", "sram", r[QLOAD], "q_load", (MemAccess(r[Q_ADDR], r[QLOAD]),), r)
             self.waiting[me] = f"token_buffer{i} (full)"
             yield from tb.put(r, 0)
         self.waiting.pop(me, None)
@@ -188,7 +197,7 @@ class System:
                 half, rows = r[KVFETCH] / 2, int(r[KV_ROWS])
                 yield from self._move("dram", "sram", r[KVFETCH], "kv_fetch",
                                       (MemAccess(r[K_ADDR], half, rows, r[KV_SPAN]),
-                                       MemAccess(r[V_ADDR], half, rows, r[KV_SPAN])))
+                                       MemAccess(r[V_ADDR], half, rows, r[KV_SPAN])), r)
             self.waiting[me] = f"K/V buffer of digital{i} (full)"
             yield ready.put(r)
         self.waiting.pop(me, None)
@@ -196,20 +205,18 @@ class System:
     def _digital_stage(self, i: int, n: int, ready: simpy.Store):
         env, dig = self.env, self.digitals[i]
         name, macs = dig.name, dig.macs
-        spans = macs._span is not None
         for _ in range(n):
             self.waiting[name] = "K/V buffer (empty)"
             r = yield ready.get()
             # operands stream from SRAM into the MAC array while it computes
             self.waiting[name] = "SRAM banks, link and MAC array"
             yield from hold(env, self._route_jobs("sram", name, r[KVREAD]) + [(macs, r[COMPUTE_NS])], "attend",
-                            {"layer": r[LAYER], "head": r[HEAD], "qtile": r[QTILE], "ktile": r[KTILE],
-                             "kept": r[KEPT]} if spans else None)
+                            self._args(r, r[KVREAD]) if self._move_args else None)
             dig.record_job(r[DMACS], r[DEXPS])
             if r[OUT]:
                 self.waiting[name] = "output write-back"
-                yield from self._move(name, "sram", r[OUT], "out")
-                yield from self._move("sram", "dram", r[OUT], "out_writeback", (MemAccess(r[OUT_ADDR], r[OUT]),))
+                yield from self._move(name, "sram", r[OUT], "out", None, r)
+                yield from self._move("sram", "dram", r[OUT], "out_writeback", (MemAccess(r[OUT_ADDR], r[OUT]),), r)
         self.waiting.pop(name, None)
 
     # --- run -----------------------------------------------------------------------------------------------
@@ -268,6 +275,9 @@ class System:
             stats.busy_ns[bank.name] = bank.busy_ns
         for port in self.net.link_ports.values():
             stats.busy_ns[port.name] = port.busy_ns
+        for block in self.blocks.values():
+            for port in block.ports:
+                stats.busy_ns.setdefault(port.name, port.busy_ns)
         stats.utilization.update({f"link {k}": v for k, v in self.net.link_utilization(end).items()})
         stats.link_bytes = {f"{u}->{v}": b for (u, v), b in self.net.link_bytes.items()}
         stats.token_buffer_peak = max(b.peak for b in self.buffers)
