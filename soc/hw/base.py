@@ -129,7 +129,8 @@ def hold(env: simpy.Environment, jobs: list[tuple[Any, float]], label: str,
     if len(jobs) == 1:
         port, duration = jobs[0]
         req = port.acquire()
-        yield req
+        if not req.triggered:  # granted at once: no need to wait for the grant event
+            yield req
         port.charge(env.now, duration, label, args)
         yield env.timeout(duration)
         port.release(req)
@@ -139,16 +140,28 @@ def hold(env: simpy.Environment, jobs: list[tuple[Any, float]], label: str,
     for port, _ in ordered:
         req = port.acquire()
         requests.append(req)
-        yield req
+        if not req.triggered:
+            yield req
     start = env.now
+    longest = 0.0
     for port, duration in ordered:
         port.charge(start, duration, label, args)
-    elapsed = 0.0
-    for (port, duration), req in sorted(zip(ordered, requests), key=lambda x: x[0][1]):
-        if duration > elapsed:
-            yield env.timeout(duration - elapsed)
-            elapsed = duration
+        if duration > longest:
+            longest = duration
+    last = []
+    for (port, duration), req in zip(ordered, requests):
+        if duration < longest:
+            # a faster participant frees itself by callback: no process resume (~2x cheaper per event)
+            env.timeout(duration).callbacks.append(_releaser(port, req))
+        else:
+            last.append((port, req))
+    yield env.timeout(longest)
+    for port, req in last:
         port.release(req)
+
+
+def _releaser(port: Any, req: simpy.Event) -> Callable[[simpy.Event], None]:
+    return lambda _event: port.release(req)
 
 
 class Block:
