@@ -66,7 +66,7 @@ def test_round_trip_is_bit_exact(tmp_path, suffix, dtype):
     q, k, v = _arrays(dtype)
     path = save_trace(tmp_path / f"t{suffix}", q, k, v, _meta())
     tr = load_trace(path)
-    for name, a in zip("qkv", (q, k, v)):
+    for name, a in zip("qkv", (q, k, v), strict=True):
         b = getattr(tr, name)
         assert b.dtype == dtype and b.shape == a.shape
         assert a.tobytes() == b.tobytes()  # bit exact, float16 kept as float16
@@ -100,7 +100,8 @@ def test_decode_trace_has_fewer_queries(tmp_path):
 
 def test_mmap_directory_and_stored_npz(tmp_path):
     q, k, v = _arrays(np.float32)
-    for path in (save_trace(tmp_path / "dir", q, k, v, _meta()), save_trace(tmp_path / "f.npz", q, k, v, _meta())):
+    for path in (save_trace(tmp_path / "dir", q, k, v, _meta()),
+                 save_trace(tmp_path / "f.npz", q, k, v, _meta())):
         tr = load_trace(path, mmap=True, max_bytes=1)  # mapped bytes do not count against max_bytes
         assert isinstance(tr.k, np.memmap) and not tr.k.flags.writeable
         np.testing.assert_array_equal(tr.q, q)
@@ -111,7 +112,8 @@ def test_mmap_directory_and_stored_npz(tmp_path):
 
 def test_trace_info_reads_headers_only(tmp_path):
     q, k, v = _arrays()
-    for path in (save_trace(tmp_path / "f.npz", q, k, v, _meta()), save_trace(tmp_path / "dir", q, k, v, _meta())):
+    for path in (save_trace(tmp_path / "f.npz", q, k, v, _meta()),
+                 save_trace(tmp_path / "dir", q, k, v, _meta())):
         info = trace_info(path)
         files = [path] if path.is_file() else [path / n for n in ("q.npy", "k.npy", "v.npy", "meta.json")]
         assert info["file_bytes"] == sum(os.path.getsize(f) for f in files)
@@ -279,8 +281,8 @@ def test_finite_check_does_not_copy_large_arrays():
 def test_shape_and_dtype_mismatches(tmp_path):
     q, k, v = _arrays()
     _write_npz(tmp_path / "a.npz", _members(q, k[:, :, :10], v, _meta()))
-    with pytest.raises(TraceError, match=r"a.npz: k: expected shape \(layers, kv_heads, seq_len, head_dim\) = "
-                                         r"\(2, 2, 16, 8\), got \(2, 2, 10, 8\)"):
+    with pytest.raises(TraceError, match=r"a.npz: k: expected shape \(layers, kv_heads, seq_len, "
+                                         r"head_dim\) = \(2, 2, 16, 8\), got \(2, 2, 10, 8\)"):
         load_trace(tmp_path / "a.npz")
     _write_npz(tmp_path / "b.npz", _members(q[0], k, v, _meta()))
     with pytest.raises(TraceError, match=r"q: expected 4 dimensions .* got shape \(4, 16, 8\)"):

@@ -1,5 +1,5 @@
 """Workload shapes and the synthetic trace generator: shapes, determinism, decode mode, bad input, speed,
-and the realism of the attention it produces, measured here with an independent float64 softmax."""
+and the realism of the attention it produces, measured here with an independent softmax."""
 
 from __future__ import annotations
 
@@ -18,12 +18,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 # ------------------------------------------------------------------------- an independent attention model
 def _probs(tr, layer: int) -> tuple[np.ndarray, np.ndarray]:
-    """Softmax probabilities (H, seq_q, seq_k) of one layer in float64, and the visibility mask."""
+    """Softmax probabilities (H, seq_q, seq_k) of one layer (float32 is plenty for these statistics),
+    and the visibility mask."""
     m = tr.meta
     kv_of = np.arange(m.heads) // (m.heads // m.kv_heads)
-    q = tr.q[layer].astype(np.float64)
-    k = tr.k[layer].astype(np.float64)[kv_of]
-    s = np.einsum("hid,hjd->hij", q, k) * m.scale
+    q = tr.q[layer].astype(np.float32)
+    k = tr.k[layer].astype(np.float32)[kv_of]
+    # einsum, not BLAS: OpenBLAS's threaded GEMM crawls when the 2 cores are shared (measured 5x slower)
+    s = np.einsum("hid,hjd->hij", q, k) * np.float32(m.scale)
     rows = np.arange(tr.seq_q)[:, None] + m.query_offset
     vis = np.broadcast_to(np.arange(m.seq_len)[None, :] <= rows if m.causal else True, s.shape[1:])
     s = np.where(vis, s, -np.inf)
@@ -31,11 +33,11 @@ def _probs(tr, layer: int) -> tuple[np.ndarray, np.ndarray]:
     return p / p.sum(-1, keepdims=True), vis
 
 
-def _stats(tr) -> dict[str, np.ndarray]:
-    """Per layer: fraction of visible keys needed to hold 95% of the mass, median top-1 probability, mass on
-    token 0, and mass on the first/last token (the [CLS]/[SEP] of an encoder)."""
+def _stats(tr, layers=None) -> dict[str, np.ndarray]:
+    """Per layer (all, or the given ones): fraction of visible keys needed to hold 95% of the mass, median
+    top-1 probability, mass on token 0, and mass on the first/last token (the [CLS]/[SEP] of an encoder)."""
     out: dict[str, list] = {"need": [], "visible": [], "top1": [], "sink": [], "ends": []}
-    for layer in range(tr.meta.layers):
+    for layer in range(tr.meta.layers) if layers is None else layers:
         p, vis = _probs(tr, layer)
         ps = -np.sort(-p, axis=-1)
         need = (np.cumsum(ps, axis=-1) < 0.95).sum(-1) + 1
@@ -74,13 +76,12 @@ def test_encoder_keeps_95_percent_of_mass_in_20_to_45_percent_of_keys(minilm512)
 
 
 def test_other_encoders_in_range():
-    for name, seq in (("bert-base", 512), ("vit-b16", 197)):
-        tr = synth_trace(name, seq_len=seq, layers=None if name == "vit-b16" else 6)
-        assert 0.20 <= _mass95(_stats(tr)) <= 0.50, name  # vit-b16 has only 197 tokens: a little broader
+    assert 0.20 <= _mass95(_stats(synth_trace("bert-base", seq_len=512), layers=[0, 3, 5, 8, 11])) <= 0.45
+    assert 0.20 <= _mass95(_stats(synth_trace("vit-b16"))) <= 0.45  # 197 tokens
 
 
 def test_decoder_keeps_95_percent_of_mass_in_15_to_30_percent_of_keys(smollm512):
-    st = _stats(smollm512)
+    st = _stats(smollm512, layers=[0, 1, *range(2, 30, 3)])  # 12 of 30 layers keep the test fast
     assert 0.15 <= _mass95(st) <= 0.30  # real SmolLM2: 0.18-0.22 at 512 tokens
     assert st["sink"][:2].max() < 0.07  # no attention sink in the first layers ...
     assert 0.07 <= st["sink"][2:].mean() <= 0.55  # ... then token 0 holds 7-55% of the mass
@@ -88,8 +89,8 @@ def test_decoder_keeps_95_percent_of_mass_in_15_to_30_percent_of_keys(smollm512)
 
 
 def test_decoder_decode_mode_is_sparse_too():
-    tr = synth_trace("gpt2", mode="decode", prompt=500, generate=12, layers=6)
-    assert 0.10 <= _mass95(_stats(tr)) <= 0.30
+    tr = synth_trace("gpt2", mode="decode", prompt=500, generate=12)
+    assert 0.15 <= _mass95(_stats(tr)) <= 0.30
 
 
 def test_local_heads_attend_to_neighbours(minilm512):
@@ -203,8 +204,8 @@ def test_synthetic_trace_round_trips_and_committed_tiny_trace_reproduces(tmp_pat
     tiny = load_trace(REPO / "traces" / "synth-tiny.npz")
     assert tiny.meta.to_dict() == tr.meta.to_dict()
     for name in "qkv":  # float32 BLAS may differ in the last bit across CPUs: allow one float16 step
-        np.testing.assert_allclose(getattr(tiny, name).astype(np.float32), getattr(tr, name).astype(np.float32),
-                                   rtol=2e-3, atol=2e-3)
+        np.testing.assert_allclose(getattr(tiny, name).astype(np.float32),
+                                   getattr(tr, name).astype(np.float32), rtol=2e-3, atol=2e-3)
 
 
 # ------------------------------------------------------------------------- workload files

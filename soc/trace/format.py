@@ -261,8 +261,11 @@ def _open(path: str | os.PathLike[str], **kwargs: Any) -> tuple[Path, TraceMeta,
 
 
 def load_trace(path: str | os.PathLike[str], *, mmap: bool = False, max_bytes: int = 8 * 2**30) -> Trace:
-    """Load and validate a trace. ``max_bytes`` bounds the q/k/v bytes read into memory (memory-mapped
-    arrays, from a directory or from an uncompressed .npz, do not count) and is enforced from the headers."""
+    """Load and validate a trace (every check in the module docstring, then a NaN/Inf scan of all values).
+
+    ``mmap=True`` memory-maps the arrays (read-only) of a directory trace or of an uncompressed .npz; a
+    compressed .npz is read into memory. ``max_bytes`` bounds the q/k/v bytes read into memory (mapped arrays
+    do not count) and is enforced from the headers, before anything is allocated."""
     p, meta, arrays = _open(path, read=True, mmap=mmap, max_bytes=max_bytes)
     check_arrays(arrays, meta, str(p), finite=True)
     return Trace(q=arrays["q"], k=arrays["k"], v=arrays["v"], meta=meta, path=str(p))
