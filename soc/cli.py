@@ -23,6 +23,19 @@ def default_trace() -> Path:
     return found[0]
 
 
+def refuse_existing(path: str | Path, force: bool, what: str) -> None:
+    """Traces are expensive data: an existing one is replaced only when asked (--force)."""
+    p = Path(path)
+    if p.exists() and not force:
+        raise SocError(f"{p}: {what} exists; pass --force to replace it")
+
+
+def note_replacing(path: Path) -> None:
+    """Reports are cheap to redo, so they are replaced, but never silently."""
+    if path.exists():
+        print(f"soc: replacing {path}", file=sys.stderr)
+
+
 # --- run -----------------------------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     from soc.config import load_config
@@ -36,6 +49,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     recorder, finish = _timeline(args)
     result = simulate(cfg, trace, recorder=recorder, seed=args.seed)
     out = Path(args.out)
+    note_replacing(out / "report.json")
     write_json(out / "report.json", result.report)
     print(summary_text(result.report))
     print(f"  wrote          {out / 'report.json'}")
@@ -62,6 +76,7 @@ def cmd_trace_synth(args: argparse.Namespace) -> int:
     from soc.trace import save_trace, synth_trace
     from soc.trace.workload import load_workload
 
+    refuse_existing(args.out, args.force, "a trace")
     spec = load_workload(args.workload)
     trace = synth_trace(spec, seq_len=args.seq_len, layers=args.layers, mode=args.mode, prompt=args.prompt,
                         generate=args.generate, seed=args.seed)
@@ -75,6 +90,7 @@ def cmd_trace_capture(args: argparse.Namespace) -> int:
     from soc.models import capture
     from soc.trace import save_trace
 
+    refuse_existing(args.out, args.force, "a trace")
     text_path = Path(args.text)
     if not text_path.is_file():
         raise SocError(f"{text_path}: no such text file")
@@ -132,12 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--generate", type=int, default=None)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True)
+    s.add_argument("--force", action="store_true", help="replace an existing trace")
     s.set_defaults(func=cmd_trace_synth)
     c = tsub.add_parser("capture", help="a real trace from a pretrained model (needs the [models] extra)")
     c.add_argument("--model", required=True, choices=("minilm-l6", "smollm2-135m"))
     c.add_argument("--text", required=True)
     c.add_argument("--max-tokens", type=int, default=None)
     c.add_argument("--out", required=True)
+    c.add_argument("--force", action="store_true", help="replace an existing trace")
     c.set_defaults(func=cmd_trace_capture)
     i = tsub.add_parser("info", help="shapes, metadata and size of a trace")
     i.add_argument("path")

@@ -78,6 +78,20 @@ def test_trace_synth_then_info_then_run(tmp_path):
     assert proc.returncode == 0, proc.stderr
 
 
+def test_existing_outputs_are_never_replaced_silently(tmp_path):
+    out = tmp_path / "t.npz"
+    args = ["trace", "synth", "--workload", "minilm-l6", "--seq-len", "64", "--layers", "1", "--out", str(out)]
+    assert run_cli(*args).returncode == 0
+    before = out.read_bytes()
+    refused = run_cli(*args, "--seed", "5")
+    assert refused.returncode == 2 and "exists; pass --force" in refused.stderr
+    assert out.read_bytes() == before
+    assert run_cli(*args, "--seed", "5", "--force").returncode == 0 and out.read_bytes() != before
+    first = run_cli("run", "--trace", str(out), "--out", str(tmp_path / "o"))
+    again = run_cli("run", "--trace", str(out), "--out", str(tmp_path / "o"))
+    assert "replacing" not in first.stderr and f"replacing {tmp_path / 'o' / 'report.json'}" in again.stderr
+
+
 def test_a_stall_is_detected_and_names_who_waits(paper_cfg, small_trace, monkeypatch):
     """If the fetch stage died early, the digital processor would wait forever: the run must say so."""
     from soc import simulate
