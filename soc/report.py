@@ -42,12 +42,19 @@ def build_report(cfg: SocConfig, trace, shape: Shape, func, stats, *, wall_s: fl
     }
     dense_cfg = dense_config(cfg)
     dense = traffic_totals(demand(func.dense_chunks, dense_cfg, shape, stats.placement), stats.placement)
+    # blocks with statistics of their own (the banked DRAM's row buffers) report them under "memory"
+    memory = {name: b.extra_report() for name, b in blocks.items() if hasattr(b, "extra_report")}
+    # K/V reuse: rows the digital side needed that were already on chip (resident placement)
+    mine = demand(func.chunks, cfg, shape, stats.placement)
+    needed = float(func.chunks["union_keys"].sum())
+    kv_reuse = 1.0 - float(mine["kv_fetch_rows"].sum()) / needed if needed > 0 else None
     dram_h = measured["dram_read_bytes"] + measured["dram_write_bytes"]
     sram_h = measured["sram_read_bytes"] + measured["sram_write_bytes"]
     traffic = {**measured, "dense": dense, "savings": {
         "dram": _ratio(dense["dram_read_bytes"] + dense["dram_write_bytes"], dram_h),
         "sram": _ratio(dense["sram_read_bytes"] + dense["sram_write_bytes"], sram_h)},
-        "link_bytes": stats.link_bytes, "kv_placement": stats.placement.kv,
+        "link_bytes": stats.link_bytes, "kv_placement": stats.placement.kv, "kv_reuse_hit_rate": kv_reuse,
+        "dram_row_hit_rate": memory.get("dram", {}).get("row_hit_rate"),
         "kmsb_on_chip": stats.placement.msb_on_chip}
 
     # --- ops ---------------------------------------------------------------------------------------------------
@@ -129,6 +136,7 @@ def build_report(cfg: SocConfig, trace, shape: Shape, func, stats, *, wall_s: fl
         "utilization": utilization,
         "utilization_by_instance": util,
         "traffic": traffic,
+        "memory": memory,
         "energy": energy,
         "area": area,
         "sim": {"wall_s": wall_s, "events": stats.events,

@@ -29,6 +29,7 @@ from soc.errors import SimulationStalled, WiringError
 from soc.hw import base as hwbase
 from soc.hw.base import Block, MemAccess, hold
 from soc.recorder import OFF, Recorder
+from soc.topology import resolve_interconnect
 
 # fields of the per-chunk tuple the processes read (a tuple: attribute access costs more than indexing)
 _ROW = ("layer", "head", "qtile", "ktile", "pairs_kept", "q_load_bytes", "q_msb_bytes", "kmsb_fetch_bytes",
@@ -81,7 +82,7 @@ class System:
                         for i in range(self.pairs)]
         self.sram = make("sram", cfg.sram.kind)(env, "sram", cfg.sram, rec)
         self.dram = make("dram", cfg.dram.kind)(env, "dram", cfg.dram, rec)
-        self.net = make("interconnect", "graph")(env, "interconnect", cfg.interconnect, rec)
+        self.net = make("interconnect", "graph")(env, "interconnect", resolve_interconnect(cfg), rec)
         self.blocks: dict[str, Block] = {b.name: b for b in (*self.cims, *self.digitals, *self.buffers,
                                                                self.sram, self.dram)}
         self.memories = {"sram": self.sram, "dram": self.dram}

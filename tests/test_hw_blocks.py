@@ -98,7 +98,7 @@ def test_interconnect_routes_and_missing_route():
     net.add_route("dram", "digital0")
     assert net.routes[("dram", "digital0")] == [("dram", "sram"), ("sram", "digital0")]
     jobs = net.transfer("dram", "digital0", 128)
-    assert [d for _, d in jobs] == pytest.approx([2.0 + 128 / 12.8, 1.0 + 128 / 35.2])
+    assert [d for _, d in jobs] == pytest.approx([3.0 + 128 / 12.8, 3.0 + 128 / 35.2])  # head latency adds up
     assert net.link_bytes[("dram", "sram")] == 128 and net.link_bytes[("sram", "digital0")] == 128
     with pytest.raises(WiringError, match="block 'cim7' has no link"):
         net.add_route("cim7", "digital0")

@@ -8,6 +8,7 @@ bad value. No third-party schema library: the checks are few and the messages ma
 from __future__ import annotations
 
 import dataclasses
+import reprlib
 import types
 import typing
 from typing import Any, Mapping
@@ -15,6 +16,31 @@ from typing import Any, Mapping
 from soc.errors import ConfigError
 
 _MISSING = dataclasses.MISSING
+MAX_INT = 2**53  # integers beyond this are not exact as floats, and no parameter needs them
+MAX_FLOAT = 1e18  # no parameter needs more in its unit; products of a few such stay far from overflow
+
+# error messages quote the bad value, but boundedly: a 1 MiB string or a 10^5-node list stays one short line
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 80
+_REPR.maxlong = 40
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = _REPR.maxfrozenset = 6
+_REPR.maxlevel = 3
+
+
+def show(value: Any) -> str:
+    """A bounded, one-line repr of a bad value for an error message."""
+    try:
+        return _REPR.repr(value)
+    except (ValueError, RecursionError):  # e.g. an int past the str-conversion limit
+        return f"<{type(value).__name__}>"
+
+
+def one_line(text: Any, limit: int = 200) -> str:
+    """A key or path as one line: control characters escaped, long text shortened."""
+    s = str(text)
+    if not s.isprintable():
+        s = repr(s)[1:-1]
+    return s if len(s) <= limit else s[:limit - 3] + "..."
 
 
 def param(default: Any = _MISSING, *, doc: str = "", ge: float | None = None, gt: float | None = None,
@@ -61,12 +87,12 @@ def _range_text(meta: Mapping[str, Any]) -> str:
 def _check_range(value: Any, meta: Mapping[str, Any], where: str, what: str) -> None:
     choices = meta.get("choices")
     if choices is not None and value not in choices:
-        raise ConfigError(f"{where}: expected one of {', '.join(map(str, choices))}, got {value!r}")
+        raise ConfigError(f"{where}: expected one of {', '.join(map(str, choices))}, got {show(value)}")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         bad = ((meta.get("ge") is not None and value < meta["ge"]) or (meta.get("gt") is not None and value <= meta["gt"])
                or (meta.get("le") is not None and value > meta["le"]) or (meta.get("lt") is not None and value >= meta["lt"]))
         if bad:
-            raise ConfigError(f"{where}: expected {what} {_range_text(meta)}, got {value!r}")
+            raise ConfigError(f"{where}: expected {what} {_range_text(meta)}, got {show(value)}")
 
 
 def convert(tp: Any, value: Any, where: str, meta: Mapping[str, Any] | None = None) -> Any:
@@ -86,33 +112,33 @@ def convert(tp: Any, value: Any, where: str, meta: Mapping[str, Any] | None = No
                 errors.append(exc)
         if len(errors) == 1:
             raise errors[0]
-        raise ConfigError(f"{where}: expected {what}, got {value!r}")
+        raise ConfigError(f"{where}: expected {what}, got {show(value)}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping, got {show(value)}")
         return build(tp, value, where)
     if origin in (tuple, list):
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {show(value)}")
         item_tp = args[0] if args else Any
         return tuple(convert(item_tp, v, f"{where}[{i}]", meta) for i, v in enumerate(value))
     if origin is dict:
         key_tp, val_tp = typing.get_args(tp)
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping, got {show(value)}")
         out = {}
         for k, v in value.items():
-            if key_tp is int and isinstance(k, str) and k.lstrip("-").isdigit():
-                k = int(k)
-            key = convert(key_tp, k, f"{where}.{k}")
-            out[key] = convert(val_tp, v, f"{where}.{k}", meta)
+            if key_tp is int and isinstance(k, str):  # YAML and --set give "3" for per_layer keys
+                k = _int_text(k)
+            key = convert(key_tp, k, f"{where}.{one_line(k)}")
+            out[key] = convert(val_tp, v, f"{where}.{one_line(k)}", meta)
         return out
     if tp is Any:
         return value
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+            raise ConfigError(f"{where}: expected true or false, got {show(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -120,20 +146,27 @@ def convert(tp: Any, value: Any, where: str, meta: Mapping[str, Any] | None = No
                 value = int(value)
             else:
                 raise ConfigError(f"{where}: expected an integer {_range_text(meta)}".rstrip()
-                                  + f", got {value!r}")
+                                  + f", got {show(value)}")
         _check_range(value, meta, where, "an integer")
+        if abs(value) > MAX_INT:
+            raise ConfigError(f"{where}: expected an integer of magnitude at most 2**53, got {show(value)}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number {_range_text(meta)}".rstrip() + f", got {value!r}")
-        value = float(value)
+            raise ConfigError(f"{where}: expected a number {_range_text(meta)}".rstrip() + f", got {show(value)}")
+        try:
+            value = float(value)
+        except OverflowError:  # an integer past 1.8e308
+            raise ConfigError(f"{where}: expected a finite number, got {show(value)}") from None
         if value != value or value in (float("inf"), float("-inf")):
-            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+            raise ConfigError(f"{where}: expected a finite number, got {show(value)}")
+        if abs(value) > MAX_FLOAT:
+            raise ConfigError(f"{where}: expected a number of magnitude at most {MAX_FLOAT:g}, got {show(value)}")
         _check_range(value, meta, where, "a number")
         return value
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
+            raise ConfigError(f"{where}: expected a string, got {show(value)}")
         _check_range(value, meta, where, "a string")
         return value
     raise TypeError(f"unsupported annotation {tp!r} at {where}")
@@ -147,7 +180,8 @@ def build(cls: type, data: Mapping[str, Any], where: str) -> Any:
     for key in data:
         if key not in fields:
             known = ", ".join(sorted(fields))
-            raise ConfigError(f"{prefix}{key}: unknown key (expected one of: {known})")
+            raise ConfigError(f"{prefix}{one_line(show(key) if not isinstance(key, str) else key)}: unknown key "
+                              f"(expected one of: {known})")
     kwargs = {}
     for name, f in fields.items():
         if name in data:
@@ -160,6 +194,14 @@ def build(cls: type, data: Mapping[str, Any], where: str) -> Any:
         raise
     except ValueError as exc:  # cross-field checks in __post_init__
         raise ConfigError(f"{where}: {exc}") from None
+
+
+def _int_text(k: str) -> Any:
+    """``"3"`` -> 3 for integer-keyed mappings; anything else is returned for ``convert`` to refuse."""
+    t = k.strip()
+    if t.lstrip("-").isdecimal() and len(t) <= 20:  # isdigit() would pass "²", which int() refuses
+        return int(t)
+    return k
 
 
 def to_dict(obj: Any) -> Any:

@@ -3,7 +3,8 @@
 Each preset describes **one channel** of a standard part plus how many channels the memory system has; every
 value is in ns, bytes or pJ so the model never needs the clock. Values come from the JEDEC speed bins as
 encoded in public simulator presets; the source of each group is in the comments. Energies per activation and
-per burst are derived from the IDD currents of those presets with the usual (Micron TN-41-01 / DRAMsim3) rules:
+per burst are derived from the IDD currents of those presets with the usual (Micron TN-41-01 / DRAMsim3)
+rules:
 
     activate_pj   = VDD * (IDD0 * tRC - (IDD3N * tRAS + IDD2N * tRP)) * devices   (one ACT + its PRE)
     read_burst_pj = VDD * (IDD4R - IDD3N) * t_burst * devices
@@ -13,12 +14,19 @@ per burst are derived from the IDD currents of those presets with the usual (Mic
 
 (mA x ns = pC; pC x V = pJ.) The I/O energy per byte moved over the pins is not in IDD currents and is an
 assumption per interface class, labelled as such.
+
+``resolve_spec(cfg)`` fills every null ``dram.*`` field from the chosen preset and checks the organization and
+the address mapping, giving the ``DramSpec`` the bank-level model (soc/hw/dram_banked.py) runs on.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Mapping
+
+from soc.errors import ConfigError
 
 
 def _idd_energies(vdd: float, idd0: float, idd2n: float, idd3n: float, idd4r: float, idd4w: float,
@@ -33,14 +41,14 @@ def _idd_energies(vdd: float, idd0: float, idd2n: float, idd3n: float, idd4r: fl
     }
 
 
-# --- LPDDR4-3200, one x16 channel ------------------------------------------------------------------------------
+# --- LPDDR4-3200, one x16 channel ---------------------------------------------------------------------------
 # JESD209-4 speed bin 3200 (tCK 0.625 ns): BL16 (8 tCK on the bus = 5.0 ns, 32 bytes on 16 DQ), RL 28 tCK =
-# 17.5 ns (no DBI), WL 14 tCK = 8.75 ns (set A), tRCD 18 ns, tRPpb 18 ns, tRAS 42 ns, tWR 18 ns,
-# tRTP 7.5 ns, tWTR 10 ns, tRRD 10 ns, tFAW 40 ns, tCCD 8 tCK; 8 banks, no bank groups, 2 KB page per channel;
-# 8 Gb per channel: 65536 rows; tRFCab 280 ns, tREFI 3.904 us. The same figures appear in Ramulator's
-# LPDDR4_3200 speed entry (src/LPDDR4.h) after its 1-cycle command convention and in REFERENCE.md section 7.
-# IDD currents (VDD2 = 1.1 V, per x16 channel) are typical datasheet values of 8 Gb/channel parts: assumed.
-_LP4_T = dict(trcd_ns=18.0, trp_ns=18.0, tras_ns=42.0, t_burst_ns=5.0, trfc_ns=280.0)
+# 17.5 ns (no DBI), WL 14 tCK = 8.75 ns (set A), tRCD 18 ns, tRPpb 18 ns, tRAS 42 ns, tWR 18 ns, tRTP 7.5 ns,
+# tWTR 10 ns, tRRD 10 ns, tFAW 40 ns, tCCD 8 tCK; 8 banks, no bank groups, 2 KB page per channel; 8 Gb per
+# channel: 65536 rows; tRFCab 280 ns, tREFI 3.904 us. The same figures appear in Ramulator's LPDDR4_3200 speed
+# entry (src/LPDDR4.h) after its 1-cycle command convention and in REFERENCE.md section 7. IDD currents (VDD2
+# = 1.1 V, per x16 channel) are typical datasheet values of 8 Gb/channel parts: assumed.
+_LP4_T = {"trcd_ns": 18.0, "trp_ns": 18.0, "tras_ns": 42.0, "t_burst_ns": 5.0, "trfc_ns": 280.0}
 LPDDR4_3200: Mapping[str, Any] = MappingProxyType({
     "standard": "LPDDR4-3200",
     "channels": 1, "banks_per_channel": 8, "bank_groups": 1, "rows_per_bank": 65536, "row_bytes": 2048,
@@ -57,16 +65,16 @@ LPDDR4_3200: Mapping[str, Any] = MappingProxyType({
                     devices=1),
 })
 
-# --- DDR4-3200AA, one 64-bit channel of x8 devices ---------------------------------------------------------------
+# --- DDR4-3200AA, one 64-bit channel of x8 devices ----------------------------------------------------------
 # DRAMsim3 configs/DDR4_8Gb_x8_3200.ini (JESD79-4 3200AA, 22-22-22): tCK 0.625 ns, CL = tRCD = tRP = 22 tCK =
 # 13.75 ns, CWL 16 tCK = 10 ns, tRAS 52 tCK = 32.5 ns, tWR 24 tCK = 15 ns, tRTP 12 tCK = 7.5 ns, tWTR_S/L 4/12
-# tCK = 2.5/7.5 ns, tCCD_S/L 4/8 tCK = 2.5/5 ns, tRRD_S/L 4/8 tCK = 2.5/5 ns, tFAW 34 tCK = 21.25 ns,
-# tRFC 560 tCK = 350 ns, tREFI 12480 tCK = 7.8 us; 4 bank groups x 4 banks, 65536 rows, 1024 columns x 8 devices
-# x 8 bits = 8 KB page; BL8 = 4 tCK = 2.5 ns, 64 bytes per burst. IDD (VDD 1.2 V): IDD0 57, IDD2N 37, IDD3N 52,
+# tCK = 2.5/7.5 ns, tCCD_S/L 4/8 tCK = 2.5/5 ns, tRRD_S/L 4/8 tCK = 2.5/5 ns, tFAW 34 tCK = 21.25 ns, tRFC 560
+# tCK = 350 ns, tREFI 12480 tCK = 7.8 us; 4 bank groups x 4 banks, 65536 rows, 1024 columns x 8 devices x 8
+# bits = 8 KB page; BL8 = 4 tCK = 2.5 ns, 64 bytes per burst. IDD (VDD 1.2 V): IDD0 57, IDD2N 37, IDD3N 52,
 # IDD4R 168, IDD4W 150, IDD5AB 250 mA from the same file.
-# Default mapping puts the bank group right above the burst offset so a sequential stream alternates bank groups
-# (tCCD_S) as DDR4 controllers do; keeping a stream in one bank group would be limited by tCCD_L.
-_DDR4_T = dict(trcd_ns=13.75, trp_ns=13.75, tras_ns=32.5, t_burst_ns=2.5, trfc_ns=350.0)
+# Default mapping puts the bank group right above the burst offset so a sequential stream alternates bank
+# groups (tCCD_S) as DDR4 controllers do; keeping a stream in one bank group would be limited by tCCD_L.
+_DDR4_T = {"trcd_ns": 13.75, "trp_ns": 13.75, "tras_ns": 32.5, "t_burst_ns": 2.5, "trfc_ns": 350.0}
 DDR4_3200: Mapping[str, Any] = MappingProxyType({
     "standard": "DDR4-3200AA",
     "channels": 1, "banks_per_channel": 16, "bank_groups": 4, "rows_per_bank": 65536, "row_bytes": 8192,
@@ -83,19 +91,19 @@ DDR4_3200: Mapping[str, Any] = MappingProxyType({
                     devices=8),
 })
 
-# --- HBM2, one stack of 8 legacy 128-bit channels at 2.0 Gb/s per pin ------------------------------------------
-# DRAMsim3 configs/HBM2_8Gb_x128.ini (JESD235): tCK 1 ns, CL = tRCD = tRP = 14 ns, CWL 4 ns, tRAS 34 ns,
-# tWR 16 ns, tRTP_S 4 ns, tWTR_S/L 6/8 ns, tCCD_S/L 1/2 tCK (the 2 ns burst dominates both), tRRD_S/L 4/6 ns,
-# tFAW 30 ns, tRFC 260 ns, tREFI 3.9 us; 4 bank groups x 4 banks, 32768 rows, 64 columns x 128 bits = 1 KB page;
+# --- HBM2, one stack of 8 legacy 128-bit channels at 2.0 Gb/s per pin ---------------------------------------
+# DRAMsim3 configs/HBM2_8Gb_x128.ini (JESD235): tCK 1 ns, CL = tRCD = tRP = 14 ns, CWL 4 ns, tRAS 34 ns, tWR
+# 16 ns, tRTP_S 4 ns, tWTR_S/L 6/8 ns, tCCD_S/L 1/2 tCK (the 2 ns burst dominates both), tRRD_S/L 4/6 ns, tFAW
+# 30 ns, tRFC 260 ns, tREFI 3.9 us; 4 bank groups x 4 banks, 32768 rows, 64 columns x 128 bits = 1 KB page;
 # BL4 on 128 DQ = 64 bytes per burst in 2 ns (32 GB/s per channel, 256 GB/s per stack). IDD (VDD 1.2 V, per
 # channel): IDD0 65, IDD2N 40, IDD3N 55, IDD4R 390, IDD4W 500, IDD5AB 250 mA from the same file.
-_HBM2_T = dict(trcd_ns=14.0, trp_ns=14.0, tras_ns=34.0, t_burst_ns=2.0, trfc_ns=260.0)
+_HBM2_T = {"trcd_ns": 14.0, "trp_ns": 14.0, "tras_ns": 34.0, "t_burst_ns": 2.0, "trfc_ns": 260.0}
 HBM2: Mapping[str, Any] = MappingProxyType({
     "standard": "HBM2",
     "channels": 8, "banks_per_channel": 16, "bank_groups": 4, "rows_per_bank": 32768, "row_bytes": 1024,
     "bus_bytes": 16, "burst_length": 4, "data_rate_mtps": 2000.0,
     "cl_ns": 14.0, "cwl_ns": 4.0, "trcd_ns": 14.0, "trp_ns": 14.0, "tras_ns": 34.0, "twr_ns": 16.0,
-    "trtp_ns": 4.0, "twtr_s_ns": 6.0, "twtr_l_ns": 8.0, "tccd_s_ns": 2.0, "tccd_l_ns": 2.0,
+    "trtp_ns": 4.0, "twtr_s_ns": 6.0, "twtr_l_ns": 8.0, "tccd_s_ns": 1.0, "tccd_l_ns": 2.0,
     "trrd_s_ns": 4.0, "trrd_l_ns": 6.0, "tfaw_ns": 30.0, "trfc_ns": 260.0, "trefi_ns": 3900.0,
     # DRAMsim3's HBM2 mapping "rorabgbachco": a 1 KB page per channel, channels interleaved at 1 KB
     "address_mapping": "row:bankgroup:bank:channel:column",
@@ -120,3 +128,101 @@ PRESET_KEYS = tuple(k for k in LPDDR4_3200 if k != "standard")
 def peak_bandwidth_gb_per_s(p: Mapping[str, Any]) -> float:
     """Peak data bandwidth of all channels: transfers/s x bus bytes (1 GB/s = 1 byte/ns)."""
     return p["channels"] * p["data_rate_mtps"] * 1e-3 * p["bus_bytes"]
+
+
+# --- a config resolved against its preset ------------------------------------------------------------------
+FIELDS = ("row", "bank", "bankgroup", "channel", "column")
+
+
+@dataclass(frozen=True)
+class DramSpec:
+    """A DRAM config with the preset filled in and the derived quantities every schedule needs."""
+    standard: str
+    channels: int
+    banks_per_channel: int
+    bank_groups: int
+    rows_per_bank: int
+    row_bytes: int
+    bus_bytes: int
+    burst_length: int
+    data_rate_mtps: float
+    cl_ns: float
+    cwl_ns: float
+    trcd_ns: float
+    trp_ns: float
+    tras_ns: float
+    twr_ns: float
+    trtp_ns: float
+    twtr_s_ns: float
+    twtr_l_ns: float
+    tccd_s_ns: float
+    tccd_l_ns: float
+    trrd_s_ns: float
+    trrd_l_ns: float
+    tfaw_ns: float
+    trfc_ns: float
+    trefi_ns: float
+    address_mapping: str
+    activate_pj: float
+    read_burst_pj: float
+    write_burst_pj: float
+    refresh_pj: float
+    io_pj_per_byte: float
+    background_mw: float
+
+    @property
+    def burst_bytes(self) -> int:
+        return self.bus_bytes * self.burst_length
+
+    @property
+    def t_burst_ns(self) -> float:
+        """Data-bus time of one burst: BL transfers at the data rate."""
+        return self.burst_length * 1e3 / self.data_rate_mtps
+
+    @property
+    def tck_ns(self) -> float:
+        return 2e3 / self.data_rate_mtps  # double data rate: two transfers per clock
+
+    @property
+    def peak_gb_per_s(self) -> float:
+        return peak_bandwidth_gb_per_s(dataclasses.asdict(self))
+
+
+def _pow2(value: int, key: str) -> int:
+    if value < 1 or value & (value - 1):
+        raise ConfigError(f"dram.{key}: expected a power of two for the address mapping, got {value}")
+    return value.bit_length() - 1
+
+
+def resolve_spec(cfg: Any) -> DramSpec:
+    """Preset values overridden by every non-null ``dram.*`` field; checked for consistency."""
+    preset = PRESETS[cfg.preset]
+    vals = {k: (getattr(cfg, k) if getattr(cfg, k) is not None else preset[k]) for k in PRESET_KEYS}
+    spec = DramSpec(standard=preset["standard"], **vals)
+    if spec.banks_per_channel % spec.bank_groups:
+        raise ConfigError(f"dram.bank_groups: expected a divisor of banks_per_channel "
+                          f"({spec.banks_per_channel}), got {spec.bank_groups}")
+    if spec.row_bytes % spec.burst_bytes:
+        raise ConfigError(f"dram.row_bytes: expected a multiple of one burst ({spec.burst_bytes} bytes = "
+                          f"bus_bytes x burst_length), got {spec.row_bytes}")
+    address_fields(spec)  # validates the mapping
+    return spec
+
+
+def address_fields(spec: DramSpec) -> list[tuple[str, int]]:
+    """(field, bits) from LSB to MSB above the burst offset."""
+    bits = {"channel": _pow2(spec.channels, "channels"), "bankgroup": _pow2(spec.bank_groups, "bank_groups"),
+            "bank": _pow2(spec.banks_per_channel // spec.bank_groups, "banks_per_channel"),
+            "column": _pow2(spec.row_bytes // spec.burst_bytes, "row_bytes"),
+            "row": _pow2(spec.rows_per_bank, "rows_per_bank")}
+    _pow2(spec.burst_bytes, "bus_bytes")
+    names = [f.strip() for f in spec.address_mapping.split(":")]
+    bad = [f for f in names if f not in FIELDS]
+    if bad or len(set(names)) != len(names):
+        raise ConfigError(f"dram.address_mapping: expected distinct fields from {', '.join(FIELDS)} "
+                          f"separated by ':', got {spec.address_mapping!r}")
+    missing = [f for f in FIELDS if f not in names and bits[f] > 0]
+    if missing:
+        raise ConfigError(f"dram.address_mapping: {spec.address_mapping!r} lacks {', '.join(missing)} "
+                          f"(needed: more than one of them exists)")
+    return [(f, bits[f]) for f in reversed(names)]

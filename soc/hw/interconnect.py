@@ -21,19 +21,30 @@ class Interconnect(Block):
         self.graph = nx.Graph()
         self.link_ports: dict[tuple[str, str], Port] = {}
         self.link_bytes: dict[tuple[str, str], float] = {}
+        self.routers = frozenset(cfg.routers)
+        medium_of = {i: m for m, idxs in cfg.shared.items() for i in idxs}
+        media: dict[str, Port] = {}
         for i, link in enumerate(cfg.links):
             if link.a == link.b:
                 raise WiringError(f"interconnect.links[{i}]: a link needs two different ends, got {link.a!r} twice")
             if self.graph.has_edge(link.a, link.b):
                 raise WiringError(f"interconnect.links[{i}]: duplicate link {link.a} <-> {link.b}")
             self.graph.add_edge(link.a, link.b, cfg=link)
+            medium = medium_of.get(i)
             for u, v in ((link.a, link.b), (link.b, link.a)):
-                self.link_ports[(u, v)] = self.port(f"{u}->{v}")
+                # links of one shared medium (a bus) share one port in both directions
+                if medium is None:
+                    self.link_ports[(u, v)] = self.port(f"{u}->{v}")
+                else:
+                    if medium not in media:
+                        media[medium] = self.port(medium)
+                    self.link_ports[(u, v)] = media[medium]
                 self.link_bytes[(u, v)] = 0.0
         self.routes: dict[tuple[str, str], list[tuple[str, str]]] = {}
+        self.route_latency_ns: dict[tuple[str, str], float] = {}
 
     def check_nodes(self, blocks: set[str]) -> None:
-        unknown = set(self.graph.nodes) - blocks
+        unknown = set(self.graph.nodes) - blocks - self.routers
         if unknown:
             raise WiringError(f"interconnect.links: unknown block(s) {', '.join(sorted(unknown))} "
                               f"(blocks: {', '.join(sorted(blocks))})")
@@ -48,18 +59,25 @@ class Interconnect(Block):
             path = nx.shortest_path(self.graph, src, dst, weight=lambda u, v, d: d["cfg"].latency_ns + 1e-9)
         except nx.NetworkXNoPath:
             raise WiringError(f"interconnect: no route {src} -> {dst}; add a link path between them") from None
-        self.routes[(src, dst)] = list(zip(path[:-1], path[1:]))
+        hops = list(zip(path[:-1], path[1:]))
+        self.routes[(src, dst)] = hops
+        self.route_latency_ns[(src, dst)] = sum(self.graph.edges[h]["cfg"].latency_ns for h in hops)
 
     def transfer(self, src: str, dst: str, nbytes: float) -> list[tuple[Port, float]]:
-        jobs = []
+        """Every hop is held from the start: the head crosses the route's hops (their latencies add) and the
+        body streams through each at its bandwidth; a route over one shared medium twice holds it once."""
+        lat = self.route_latency_ns[(src, dst)]
+        jobs: dict[Port, float] = {}
         for hop in self.routes[(src, dst)]:
             link = self.graph.edges[hop]["cfg"]
             self.link_bytes[hop] += nbytes
-            jobs.append((self.link_ports[hop], link.latency_ns + nbytes / link.bandwidth_gb_per_s))
-        return jobs
+            port = self.link_ports[hop]
+            jobs[port] = max(jobs.get(port, 0.0), lat + nbytes / link.bandwidth_gb_per_s)
+        return list(jobs.items())
 
     def link_utilization(self, end_ns: float) -> dict[str, float]:
-        return {p.name: (p.busy_ns / end_ns if end_ns > 0 else 0.0) for p in self.link_ports.values()}
+        ports = dict.fromkeys(self.link_ports.values())  # a shared medium's port once, in link order
+        return {p.name: (p.busy_ns / end_ns if end_ns > 0 else 0.0) for p in ports}
 
     def dynamic_energy_pj(self) -> dict[str, float]:
         total = sum(b * self.graph.edges[hop]["cfg"].pj_per_byte for hop, b in self.link_bytes.items())

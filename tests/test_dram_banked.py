@@ -1,0 +1,353 @@
+"""Bank-level DRAM: closed-form latencies, streaming and random bandwidth, counters, mapping, scheduling."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import simpy
+
+from soc.config.schema import DramConfig
+from soc.errors import ConfigError
+from soc.hw.base import MemAccess, hold
+from soc.hw.dram_banked import BankedDram, resolve_spec
+from soc.hw.dram_presets import PRESETS
+from soc.recorder import OFF
+
+PRESET_NAMES = tuple(PRESETS)
+
+
+def make(preset: str, **over):
+    env = simpy.Environment()
+    cfg = DramConfig(kind="banked", preset=preset, **over)
+    return env, BankedDram(env, "dram", cfg, OFF)
+
+
+def encode(spec, **fields) -> int:
+    """An address from field values, written independently of the model: walk the mapping from LSB up."""
+    widths = {"channel": spec.channels, "bankgroup": spec.bank_groups,
+              "bank": spec.banks_per_channel // spec.bank_groups,
+              "column": spec.row_bytes // spec.burst_bytes, "row": spec.rows_per_bank}
+    addr, scale = 0, spec.burst_bytes
+    for name in reversed(spec.address_mapping.split(":")):
+        addr += fields.get(name, 0) * scale
+        scale *= widths[name]
+    return addr
+
+
+def timed(env, dram, address, nbytes, write=False, at=None):
+    """Issue one access (at time ``at``) and return its latency."""
+    out = {}
+
+    def proc():
+        if at is not None:
+            yield env.timeout(at - env.now)
+        t0 = env.now
+        yield from hold(env, dram.access(nbytes, write, (MemAccess(address, nbytes),)), "t")
+        out["lat"] = env.now - t0
+
+    env.process(proc())
+    env.run()
+    return out["lat"]
+
+
+@pytest.mark.parametrize("preset", PRESET_NAMES)
+def test_closed_form_miss_hit_conflict(preset):
+    env, d = make(preset)
+    s = d.spec
+    tb = s.burst_length * 1e3 / s.data_rate_mtps  # burst on the bus: BL transfers at the data rate
+    a = encode(s, row=5, bank=1, column=3)
+    # a precharged bank: activate, tRCD, then CL and the burst
+    assert timed(env, d, a, s.burst_bytes) == pytest.approx(s.trcd_ns + s.cl_ns + tb, abs=1e-9)
+    # the row is open: CL + burst
+    assert timed(env, d, encode(s, row=5, bank=1, column=4), s.burst_bytes, at=env.now + 1e4) == \
+        pytest.approx(s.cl_ns + tb, abs=1e-9)
+    # another row of the same bank: precharge, activate, read
+    assert timed(env, d, encode(s, row=9, bank=1, column=0), s.burst_bytes, at=env.now + 1e4) == \
+        pytest.approx(s.trp_ns + s.trcd_ns + s.cl_ns + tb, abs=1e-9)
+    # a write hit uses the write latency
+    assert timed(env, d, encode(s, row=9, bank=1, column=2), s.burst_bytes, write=True, at=env.now + 1e4) == \
+        pytest.approx(s.cwl_ns + tb, abs=1e-9)
+    c = d.counts
+    assert (c["row_misses"], c["row_hits"], c["row_conflicts"]) == (1, 2, 1)
+    assert d.extra_report()["row_hit_rate"] == pytest.approx(0.5)
+
+
+def test_conflict_waits_for_tras_of_a_fresh_activate():
+    """A conflict right after the activate cannot precharge before tRAS has passed."""
+    env, d = make("lpddr4-3200")
+    s = d.spec
+    tb = s.t_burst_ns
+    first = timed(env, d, encode(s, row=1), s.burst_bytes)  # activate at t=0
+    lat = timed(env, d, encode(s, row=2), s.burst_bytes)    # issued at t=first, same bank
+    # precharge at max(first, tRAS) (the read's tRTP is earlier), then tRP + tRCD + CL + burst
+    expect = max(first, s.tras_ns, s.trcd_ns + s.trtp_ns) + s.trp_ns + s.trcd_ns + s.cl_ns + tb - first
+    assert lat == pytest.approx(expect, abs=1e-9)
+
+
+def test_closed_page_turns_hits_into_misses():
+    env, d = make("ddr4-3200", page_policy="closed")
+    s = d.spec
+    timed(env, d, encode(s, row=3), s.burst_bytes)
+    lat = timed(env, d, encode(s, row=3, column=1), s.burst_bytes, at=env.now + 1e4)
+    assert lat == pytest.approx(s.trcd_ns + s.cl_ns + s.t_burst_ns, abs=1e-9)
+    lat = timed(env, d, encode(s, row=8), s.burst_bytes, at=env.now + 1e4)  # other row: still no conflict
+    assert lat == pytest.approx(s.trcd_ns + s.cl_ns + s.t_burst_ns, abs=1e-9)
+    assert d.counts["row_conflicts"] == 0 and d.counts["row_misses"] == 3
+
+
+@pytest.mark.parametrize("preset", PRESET_NAMES)
+def test_streaming_read_sustains_peak_bandwidth(preset):
+    env, d = make(preset)
+    s = d.spec
+    peak = s.channels * s.data_rate_mtps * 1e-3 * s.bus_bytes  # GB/s = bytes/ns
+    nbytes = 2 << 20
+    lat = timed(env, d, 0, nbytes)
+    assert nbytes / lat >= 0.9 * peak
+    assert nbytes / lat <= peak * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("preset", PRESET_NAMES)
+def test_streaming_with_refresh_loses_about_trfc_over_trefi(preset):
+    env, d = make(preset)
+    env2, d2 = make(preset, refresh=True)
+    nbytes = (1 << 20) * d.spec.channels  # 16 KB per channel per request: the request latency is amortized
+    # many requests back to back, so refreshes fall between them
+    def run(env, dram):
+        def proc():
+            for i in range(64):
+                part = (MemAccess(i * nbytes // 64, nbytes / 64),)
+                yield from hold(env, dram.access(nbytes / 64, False, part), "s")
+        env.process(proc())
+        env.run()
+        return env.now
+    t_plain, t_ref = run(env, d), run(env2, d2)
+    s = d.spec
+    refreshes = d2.counts["refreshes"]
+    # one refresh per channel per tREFI, issued when the next request arrives (postponed, as JEDEC allows)
+    assert s.channels * (t_ref // s.trefi_ns - 1) <= refreshes <= s.channels * (t_ref // s.trefi_ns)
+    per_channel = refreshes / s.channels
+    # each refresh costs tRFC; it closes every row, so a later row conflict becomes a miss and saves one tRP
+    saved = (d.counts["row_conflicts"] - d2.counts["row_conflicts"]) / s.channels * s.trp_ns
+    assert t_ref - t_plain >= per_channel * s.trfc_ns - saved - 1e-6
+    assert t_ref - t_plain <= per_channel * (s.trfc_ns + s.trp_ns + s.trcd_ns)
+    assert nbytes / t_ref >= 0.9 * s.peak_gb_per_s * (1 - s.trfc_ns / s.trefi_ns)
+
+
+@pytest.mark.parametrize("preset", PRESET_NAMES)
+def test_dependent_random_reads_are_far_below_peak(preset):
+    """One outstanding 1-burst read at a time to random addresses: each pays (nearly) a full conflict."""
+    env, d = make(preset)
+    s = d.spec
+    rng = np.random.default_rng(0)
+    cap = s.channels * s.banks_per_channel * s.rows_per_bank * s.row_bytes
+    addrs = (rng.integers(0, cap // s.burst_bytes, 500) * s.burst_bytes).tolist()
+
+    def proc():
+        for a in addrs:
+            yield from hold(env, d.access(s.burst_bytes, False, (MemAccess(a, s.burst_bytes),)), "r")
+
+    env.process(proc())
+    env.run()
+    bw = 500 * s.burst_bytes / env.now
+    per_access = s.trp_ns + s.trcd_ns + s.cl_ns + s.t_burst_ns
+    assert bw < 0.2 * s.peak_gb_per_s
+    assert bw == pytest.approx(s.burst_bytes / per_access, rel=0.1)
+
+
+@pytest.mark.parametrize("preset", ["lpddr4-3200", "ddr4-3200"])
+def test_independent_random_reads_are_bounded_by_the_activate_window(preset):
+    """All random bursts known at once (bank parallelism): every burst needs an activate, and at most four
+    activates fit in tFAW, so bandwidth <= 4 bursts / tFAW per channel, well under peak."""
+    env, d = make(preset)
+    s = d.spec
+    rng = np.random.default_rng(1)
+    cap = s.banks_per_channel * s.rows_per_bank * s.row_bytes
+    addrs = np.unique(rng.integers(0, cap // s.burst_bytes, 2000)) * s.burst_bytes
+    where = tuple(MemAccess(int(a), s.burst_bytes) for a in rng.permutation(addrs))
+    out = {}
+
+    def proc():
+        yield from hold(env, d.access(len(where) * s.burst_bytes, False, where), "r")
+        out["t"] = env.now
+
+    env.process(proc())
+    env.run()
+    bw = len(where) * s.burst_bytes / out["t"]
+    acts = d.counts["activations"]
+    assert acts >= 0.95 * len(where)  # random rows rarely repeat
+    bound = 4 * s.burst_bytes / max(s.tfaw_ns, 4 * s.trrd_s_ns)
+    assert bw <= bound * 1.01
+    assert bw < 0.6 * s.peak_gb_per_s
+
+
+def test_counters_and_energy_follow_the_preset():
+    env, d = make("ddr4-3200")
+    s = d.spec
+    timed(env, d, 0, 4096)
+    timed(env, d, 1 << 24, 1000, write=True)
+    c = d.counts
+    bursts = c["read_bursts"] + c["write_bursts"]
+    assert c["read_bursts"] == 4096 / 64 and c["write_bursts"] == -(-1000 // 64)
+    assert c["row_hits"] + c["row_misses"] + c["row_conflicts"] == bursts
+    assert c["activations"] == c["row_misses"] + c["row_conflicts"]
+    assert c["read_bytes"] == 4096 and c["write_bytes"] == 1000
+    e = d.dynamic_energy_pj()
+    assert e["activate"] == c["activations"] * PRESETS["ddr4-3200"]["activate_pj"]
+    assert e["read"] == c["read_bursts"] * s.read_burst_pj
+    assert e["io"] == bursts * 64 * s.io_pj_per_byte
+    # DDR4 IDD rule by hand: VDD * (IDD0 tRC - IDD3N tRAS - IDD2N tRP) * 8 devices
+    assert s.activate_pj == pytest.approx(1.2 * (57 * 46.25 - (52 * 32.5 + 37 * 13.75)) * 8)
+
+
+def test_address_decoding_matches_the_mapping():
+    _, d = make("hbm2")
+    s = d.spec
+    rng = np.random.default_rng(3)
+    fields = {"row": rng.integers(0, s.rows_per_bank, 200), "bankgroup": rng.integers(0, 4, 200),
+              "bank": rng.integers(0, 4, 200), "channel": rng.integers(0, 8, 200),
+              "column": rng.integers(0, s.row_bytes // s.burst_bytes, 200)}
+    addrs = np.array([encode(s, **{k: int(v[i]) for k, v in fields.items()}) for i in range(200)])
+    got = d.decode(addrs // s.burst_bytes)
+    for k in ("row", "channel", "column", "bankgroup"):
+        assert np.array_equal(got[k], fields[k]), k
+    assert np.array_equal(got["bank"], fields["bankgroup"] * 4 + fields["bank"])
+
+
+def test_hbm2_spreads_a_request_over_channels():
+    env, d = make("hbm2")
+    s = d.spec
+    nbytes = 8 * s.row_bytes  # one 1 KB page in each of the 8 channels
+    lat = timed(env, d, 0, nbytes)
+    per_channel = s.row_bytes / s.burst_bytes * s.t_burst_ns
+    assert lat == pytest.approx(s.trcd_ns + s.cl_ns + per_channel, abs=1e-9)
+    assert all(busy > 0 for busy in d.extra_report()["channel_busy_ns"])
+
+
+def test_frfcfs_groups_rows_that_fcfs_ping_pongs():
+    """Pieces alternating between two rows of one bank: FCFS reopens the row every time, FR-FCFS twice."""
+    results = {}
+    for sched in ("fcfs", "frfcfs"):
+        env, d = make("lpddr4-3200", scheduler=sched)
+        s = d.spec
+        a, b = encode(s, row=1), encode(s, row=2)
+        where = tuple(MemAccess(x + i * s.burst_bytes, s.burst_bytes) for i in range(16) for x in (a, b))
+        out = {}
+
+        def proc(env=env, d=d, where=where, out=out, nbytes=32 * s.burst_bytes):
+            yield from hold(env, d.access(nbytes, False, where), "p")
+            out["t"] = env.now
+
+        env.process(proc())
+        env.run()
+        results[sched] = (out["t"], d.counts["activations"])
+    assert results["fcfs"][1] == 32 and results["frfcfs"][1] == 2
+    assert results["frfcfs"][0] < results["fcfs"][0] / 3
+
+
+def test_requests_are_granted_in_arrival_order_across_channels():
+    """Two transfers issued at the same instant, the second touching only a channel the first also needs:
+    the controller's order holds (tickets), nothing deadlocks, and channel busy time never overlaps."""
+    env, d = make("hbm2")
+    s = d.spec
+    done = []
+
+    def proc(name, where, nbytes):
+        yield from hold(env, d.access(nbytes, False, where), name)
+        done.append((name, env.now))
+
+    both = (MemAccess(0, 2 * s.row_bytes),)          # channels 0 and 1
+    second = (MemAccess(s.row_bytes, s.row_bytes),)  # channel 1 only
+    env.process(proc("a", both, 2 * s.row_bytes))
+    env.process(proc("b", second, s.row_bytes))
+    env.run()
+    assert [n for n, _ in done] == ["a", "b"]
+    busy = d.extra_report()["channel_busy_ns"]
+    assert busy[1] <= env.now + 1e-9
+
+
+def test_bad_organization_and_mapping_are_config_errors():
+    with pytest.raises(ConfigError, match="dram.address_mapping"):
+        resolve_spec(DramConfig(kind="banked", address_mapping="row:bank:colum"))
+    with pytest.raises(ConfigError, match="dram.address_mapping.*lacks"):
+        resolve_spec(DramConfig(kind="banked", preset="ddr4-3200", address_mapping="row:bank:column"))
+    with pytest.raises(ConfigError, match="dram.banks_per_channel: expected a power of two"):
+        resolve_spec(DramConfig(kind="banked", banks_per_channel=6))
+    with pytest.raises(ConfigError, match="dram.row_bytes: expected a multiple"):
+        resolve_spec(DramConfig(kind="banked", row_bytes=40))
+
+
+def test_schema_lists_exactly_the_presets():
+    field = next(f for f in dataclasses.fields(DramConfig) if f.name == "preset")
+    assert tuple(field.metadata["choices"]) == tuple(PRESETS)
+    for name in PRESETS:
+        spec = resolve_spec(DramConfig(kind="banked", preset=name))
+        assert spec.t_burst_ns == pytest.approx(spec.burst_bytes / (spec.peak_gb_per_s / spec.channels))
+
+
+def test_banked_dram_in_the_soc_counts_the_demanded_bytes(paper_cfg, small_trace):
+    from soc.dataflow import demand, traffic_totals
+    from soc.simulate import shape_of, simulate
+
+    cfg = dataclasses.replace(paper_cfg, dram=DramConfig(kind="banked", preset="ddr4-3200", refresh=True))
+    res = simulate(cfg, small_trace)
+    expect = traffic_totals(demand(res.functional.chunks, cfg, shape_of(small_trace), res.stats.placement),
+                            res.stats.placement)
+    r = res.report
+    for key in ("dram_read_bytes", "dram_write_bytes"):
+        assert r["traffic"][key] == pytest.approx(expect[key])
+    ex = res.stats.blocks["dram"].extra_report()
+    assert 0.0 <= ex["row_hit_rate"] <= 1.0
+    assert ex["bytes_moved"] >= expect["dram_read_bytes"] + expect["dram_write_bytes"]
+    assert r["utilization"]["dram"] <= 1.0
+    assert all(b <= r["time"]["latency_ns"] * (1 + 1e-12) for b in ex["channel_busy_ns"])
+
+
+@pytest.mark.parametrize("preset,policy,sched", [("ddr4-3200", "open", "frfcfs"),
+                                                 ("lpddr4-3200", "closed", "fcfs"),
+                                                 ("hbm2", "open", "fcfs"), ("ddr4-3200", "closed", "frfcfs")])
+def test_python_and_vector_schedulers_agree(monkeypatch, preset, policy, sched):
+    """The two implementations of the controller (short requests: a loop; long: numpy) give identical
+    timing, counters and bank state on the same random mix of streams, scattered pieces and writes."""
+    import soc.hw.dram_banked as mod
+
+    runs = []
+    for small in (10**9, 0):
+        monkeypatch.setattr(mod, "SMALL_REQUEST_BURSTS", small)
+        env, d = make(preset, page_policy=policy, scheduler=sched, refresh=True)
+        rng = np.random.default_rng(7)
+        durations = []
+
+        def proc(env=env, d=d, rng=rng, durations=durations):
+            for _ in range(60):
+                base = int(rng.integers(0, 1 << 22)) * 64
+                pieces = int(rng.integers(1, 40))
+                where = (MemAccess(base, 64.0 * pieces, pieces, 64.0 * pieces * int(rng.integers(1, 5))),
+                         MemAccess(base + (1 << 23), 64.0 * pieces, pieces, 128.0 * pieces))
+                jobs = d.access(128.0 * pieces, bool(rng.integers(0, 4) == 0), where)
+                durations.append([dur for _, dur in jobs])
+                yield from hold(env, jobs, "m")
+                yield env.timeout(float(rng.integers(0, 3)) * 100.0)
+
+        env.process(proc())
+        env.run()
+        state = [(c.open_row, c.act_ns, c.lastop_ns) for c in d.chans]
+        runs.append((durations, dict(d.counts), state, env.now))
+    (dur_a, cnt_a, state_a, end_a), (dur_b, cnt_b, state_b, end_b) = runs
+    assert cnt_a == cnt_b
+    assert end_a == pytest.approx(end_b, abs=1e-6)
+    for x, y in zip(dur_a, dur_b):
+        assert x == pytest.approx(y, abs=1e-6)
+    assert state_a == state_b
+
+
+def test_scattered_rows_land_on_row_slots_without_overfetch():
+    """Kept K rows (pieces) spread over a key tile stay row-aligned: 64-byte rows in 32-byte bursts cost
+    exactly two bursts each, and the bursts lie inside the tile's span."""
+    _, d = make("lpddr4-3200")
+    where = (MemAccess(1 << 20, 90 * 64.0, 90, 128 * 64.0),)
+    idx = d.bursts(where)
+    assert len(idx) == 90 * 2 and len(np.unique(idx)) == len(idx)
+    assert idx.min() * 32 >= 1 << 20 and (idx.max() + 1) * 32 <= (1 << 20) + 128 * 64
+    assert np.all((idx[::2] * 32 - (1 << 20)) % 64 == 0)  # each row starts on a row slot
