@@ -37,25 +37,16 @@ def _functional_key(cfg, key_tile: int, seed: int | None) -> tuple:
 
 def run_configs(cfgs: Sequence[Any], trace, *, seed: int | None = None, progress=None) -> list:
     """Simulate every config on ``trace``; configs with the same functional key reuse one functional pass."""
-    from soc.report import build_report
-    from soc.simulate import Result, shape_of, simulate
-    from soc.system import System
+    from soc.dataflow import key_tile_keys
+    from soc.simulate import shape_of, simulate
 
     shape = shape_of(trace)
     done: dict[tuple, Any] = {}
     results = []
     for i, cfg in enumerate(cfgs):
-        wall0 = time.perf_counter()
-        system = System(cfg, shape)  # elaborate first: a wiring error costs no functional work
-        key = _functional_key(cfg, system.key_tile, seed)
-        if key in done:
-            func = done[key]
-            stats = system.run(func.chunks)
-            report = build_report(cfg, trace, shape, func, stats, wall_s=time.perf_counter() - wall0)
-            res = Result(report=report, functional=func, stats=stats, config=cfg)
-        else:
-            res = simulate(cfg, trace, seed=seed)
-            done[key] = res.functional
+        key = _functional_key(cfg, key_tile_keys(cfg, shape.head_dim), seed)
+        res = simulate(cfg, trace, seed=seed, functional=done.get(key))
+        done.setdefault(key, res.functional)
         results.append(res)
         if progress is not None:
             progress(i, cfg, res)

@@ -74,11 +74,13 @@ def shape_of(trace) -> Shape:
 
 def simulate(cfg: SocConfig, trace, *, recorder: Recorder = OFF, seed: int | None = None,
              keep_output: bool = False, keep_masks: bool = False, calibration=None,
-             model_accuracy: bool = True) -> Result:
+             model_accuracy: bool = True, functional: FunctionalResult | None = None) -> Result:
     """Run ``trace`` on the SoC ``cfg``; ``seed`` (default ``cfg.seed``) drives the analog noise only.
 
     With ``model_accuracy`` and a trace captured from a model that is installed, the model is re-run with the
     same pruning in every layer and its task metric lands in ``report["accuracy"]["model"]``.
+    ``functional`` reuses the functional pass of an earlier run with the same pruning, tiles and seed (configs
+    that differ only in timing, e.g. memory hierarchies, prune alike).
     """
     wall0 = time.perf_counter()
     shape = shape_of(trace)
@@ -94,11 +96,10 @@ def simulate(cfg: SocConfig, trace, *, recorder: Recorder = OFF, seed: int | Non
         calibration = (cal.q, cal.k)
     spec = pruning_spec(cfg)
     seed = cfg.seed if seed is None else seed
-    func = run_functional(trace.q, trace.k, trace.v, scale=m.scale, causal=m.causal,
-                          query_offset=m.query_offset, pruning=spec,
-                          q_tile=cfg.dataflow.q_tile_rows, k_tile=system.key_tile,
-                          seed=seed, keep_output=keep_output,
-                          keep_masks=keep_masks, calibration=calibration)
+    func = functional if functional is not None else run_functional(
+        trace.q, trace.k, trace.v, scale=m.scale, causal=m.causal, query_offset=m.query_offset, pruning=spec,
+        q_tile=cfg.dataflow.q_tile_rows, k_tile=system.key_tile, seed=seed, keep_output=keep_output,
+        keep_masks=keep_masks, calibration=calibration)
     stats = system.run(func.chunks)
     report = build_report(cfg, trace, shape, func, stats, wall_s=time.perf_counter() - wall0)
     if model_accuracy:
