@@ -45,13 +45,15 @@ def key_tile_keys(cfg: SocConfig, head_dim: int) -> int:
 class Placement:
     """Where K/V and the keys' MSBs live for one head.
 
-    ``kv``: 'resident' (each K/V row fetched from DRAM at most once per head) or 'stream' (fetched for every
-    query tile that keeps it). ``msb_on_chip``: the keys' MSBs are fetched once per head into SRAM and the CIM
-    array is reloaded from there; otherwise every array load reads them from DRAM.
+    ``kv``: 'resident' (each K/V row fetched from DRAM at most once per head), 'stream' (fetched for every
+    query tile that keeps it) or 'reuse' (stream, but the previous query tile's rows stay in ``kv_cache_bytes``
+    of SRAM and are not fetched again while both tiles' rows fit). ``msb_on_chip``: the keys' MSBs are fetched
+    once per head into SRAM and the CIM array is reloaded from there; otherwise every load reads them from DRAM.
     """
     kv: str
     msb_on_chip: bool
     sram_bytes_needed: int
+    kv_cache_bytes: int = 0
 
 
 def kv_placement(cfg: SocConfig, shape: Shape) -> Placement:
@@ -75,7 +77,10 @@ def kv_placement(cfg: SocConfig, shape: Shape) -> Placement:
     kv = ("resident" if fits else "stream") if want == "auto" else want
     used = q_tile + (head_kv if kv == "resident" else double_buffer)
     msb_on_chip = cfg.cim.enabled and used + msb <= cap
-    return Placement(kv=kv, msb_on_chip=msb_on_chip, sram_bytes_needed=used + (msb if msb_on_chip else 0))
+    needed = used + (msb if msb_on_chip else 0)
+    # reuse: whatever the query tile and the MSBs leave is a cache of K/V rows (at least the double buffer)
+    cache = cap - q_tile - (msb if msb_on_chip else 0) if kv == "reuse" else 0
+    return Placement(kv=kv, msb_on_chip=msb_on_chip, sram_bytes_needed=needed, kv_cache_bytes=cache)
 
 
 def rule_codes(cfg: SocConfig, layers: int) -> np.ndarray:
@@ -140,6 +145,22 @@ def addresses(chunks: dict[str, np.ndarray], cfg: SocConfig, shape: Shape, kv_he
     }
 
 
+def _fetched_keys(chunks: dict[str, np.ndarray], first_k: np.ndarray, placement: Placement,
+                  row_bytes: int) -> np.ndarray:
+    """K/V rows each chunk fetches from DRAM under the placement."""
+    if placement.kv == "resident":
+        return chunks["new_keys"]
+    union = chunks["union_keys"]
+    if placement.kv == "stream" or len(union) == 0:
+        return union
+    # reuse: a query tile keeps the previous tile's rows when both tiles' rows fit in the cache together
+    both = union + chunks["prev_union_keys"] - chunks["shared_prev_keys"]
+    starts = np.flatnonzero(first_k)
+    fits = np.add.reduceat(both, starts) * row_bytes <= placement.kv_cache_bytes
+    fits = np.repeat(fits, np.diff(np.append(starts, len(union))))
+    return np.where(fits, union - chunks["shared_prev_keys"], union)
+
+
 def demand(chunks: dict[str, np.ndarray], cfg: SocConfig, shape: Shape, placement: Placement) -> dict[str, np.ndarray]:
     """Bytes and operations per chunk (float64 arrays of the chunk count)."""
     n = len(chunks["layer"])
@@ -167,7 +188,7 @@ def demand(chunks: dict[str, np.ndarray], cfg: SocConfig, shape: Shape, placemen
     loads = np.where(tiles_per_head > 1, passes, new_head.astype(np.float64)) if cim_on else zeros
     msb_bytes_per_key = hd * cfg.cim.key_bits / 8.0
     first_use = _first_occurrence(head_id, ktile)
-    fetched = chunks["new_keys"] if placement.kv == "resident" else chunks["union_keys"]
+    fetched = _fetched_keys(chunks, first_k, placement, row_bytes=2 * hd * elem)
     q_load = first_k * q_rows * hd * elem
     kmsb_load = loads * k_cols * msb_bytes_per_key
     return {

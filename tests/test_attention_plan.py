@@ -17,6 +17,7 @@ def brute_counts(keep, valid, q_tile, k_tile):
         for b in range(nk):
             keys = range(b * k_tile, min(seq_k, (b + 1) * k_tile))
             seen = set()
+            previous = set()
             for a in range(nq):
                 rows = range(a * q_tile, min(seq_q, (a + 1) * q_tile))
                 vh = valid if valid.ndim == 2 else valid[h]
@@ -29,7 +30,10 @@ def brute_counts(keep, valid, q_tile, k_tile):
                 out["union_keys"][h, a, b] = len(union)
                 out["new_keys"][h, a, b] = len(union - seen)
                 out["rows_kept"][h, a, b] = len({i for i, _ in kept})
+                out["prev_union_keys"][h, a, b] = len(previous)
+                out["shared_prev_keys"][h, a, b] = len(union & previous)
                 seen |= union
+                previous = union
     return out
 
 

@@ -5,7 +5,9 @@ last chunk of a row or column of chunks may be partial). For each chunk the hard
 rows and keys it spans, how many pairs are causally valid (what the CIM must score) and kept (what the digital
 side computes), which K/V rows the digital side needs (``union_keys``), which of those were not already needed
 by an earlier query tile of the same head and key tile (``new_keys``: the fetch when K/V stays resident on
-chip), and how many rows keep anything (``rows_kept``).
+chip), and how many rows keep anything (``rows_kept``). For K/V rows that stay in SRAM from one query tile to
+the next, ``prev_union_keys`` counts the keys the previous query tile of the same head and key tile needed and
+``shared_prev_keys`` those it shares with this one (adjacent queries share most survivors).
 
 All counts come from one padded reshape (H, nq, q_tile, nk, k_tile) of the masks; no loop over chunks.
 """
@@ -14,7 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-COUNT_KEYS = ("q_rows", "k_cols", "pairs_valid", "pairs_kept", "union_keys", "new_keys", "rows_kept")
+COUNT_KEYS = ("q_rows", "k_cols", "pairs_valid", "pairs_kept", "union_keys", "new_keys", "rows_kept",
+              "prev_union_keys", "shared_prev_keys")
 
 
 def tile_counts(n: int, tile: int) -> np.ndarray:
@@ -63,6 +66,9 @@ def chunk_counts(keep: np.ndarray, valid: np.ndarray, q_tile: int, k_tile: int) 
     if nq > 1:
         seen_before[:, 1:] = np.logical_or.accumulate(key_used, axis=1)[:, :-1]
     new = key_used & ~seen_before
+    prev_used = np.zeros_like(key_used)
+    if nq > 1:
+        prev_used[:, 1:] = key_used[:, :-1]
     return {
         "q_rows": np.broadcast_to(q_sizes[None, :, None], shape).copy(),
         "k_cols": np.broadcast_to(k_sizes[None, None, :], shape).copy(),
@@ -71,4 +77,6 @@ def chunk_counts(keep: np.ndarray, valid: np.ndarray, q_tile: int, k_tile: int) 
         "union_keys": key_used.sum(axis=-1, dtype=np.int64),
         "new_keys": new.sum(axis=-1, dtype=np.int64),
         "rows_kept": row_used.sum(axis=2, dtype=np.int64),
+        "prev_union_keys": prev_used.sum(axis=-1, dtype=np.int64),
+        "shared_prev_keys": (key_used & prev_used).sum(axis=-1, dtype=np.int64),
     }

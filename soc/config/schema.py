@@ -48,10 +48,12 @@ class DataflowConfig:
     q_tile_rows: int = param(16, ge=1, le=4096, doc="Query rows per tile (one CIM pass, one digital job).")
     element_bytes: int = param(1, ge=1, le=4, doc="Bytes per Q/K/V element in SRAM and DRAM (int8 = 1).")
     output_bytes: int = param(1, ge=1, le=4, doc="Bytes per attention-output element written back.")
-    kv_placement: str = param("auto", choices=("auto", "resident", "stream"),
+    kv_placement: str = param("auto", choices=("auto", "resident", "stream", "reuse"),
                               doc="resident: each K/V row fetched from DRAM at most once per head (needs the "
-                                  "head's K/V to fit in SRAM); stream: fetched for every query tile; auto: "
-                                  "resident when it fits.")
+                                  "head's K/V to fit in SRAM); stream: fetched for every query tile that keeps "
+                                  "it; reuse: like stream, but rows the previous query tile fetched stay in SRAM "
+                                  "and are not fetched again while both tiles' rows fit; auto: resident when it "
+                                  "fits, else stream.")
 
 
 @dataclass(frozen=True)
