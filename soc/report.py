@@ -154,6 +154,19 @@ def _fmt_bytes(n: float) -> str:
     return f"{n:.1f} GB"
 
 
+def _model_line(m: dict[str, Any] | None) -> list[str]:
+    if not m:
+        return []
+    if "skipped" in m:
+        return [f"  real model     not re-run: {m['skipped']}"]
+    if m.get("metric") == "embedding_cosine":
+        what = f"sentence-embedding cosine {m['embedding_cosine']:.4f} vs dense"
+    else:
+        what = (f"perplexity {m['perplexity_pruned']:.2f} vs {m['perplexity_dense']:.2f} dense "
+                f"({m['perplexity_change']:+.1%})")
+    return [f"  real model     {what} ({m['model']} re-run with this pruning in every layer)"]
+
+
 def summary_text(r: dict[str, Any]) -> str:
     """A terminal summary a person reads in ten seconds."""
     w, t, p, a, tr, e = r["workload"], r["time"], r["pruning"], r["accuracy"], r["traffic"], r["energy"]
@@ -169,6 +182,7 @@ def summary_text(r: dict[str, Any]) -> str:
         f"  pruning        rule {p['rule']}, kept {p['kept_fraction']:.1%} of pairs",
         f"  accuracy       output rel. error {a['output_rel_err']:.2e}, softmax mass kept {a['mass_kept']:.3f}, "
         f"top-1 agreement {a['top1_agreement']:.3f}",
+        *_model_line(a.get("model")),
         f"  DRAM traffic   {_fmt_bytes(tr['dram_read_bytes'] + tr['dram_write_bytes'])} "
         f"(dense {_fmt_bytes(tr['dense']['dram_read_bytes'] + tr['dense']['dram_write_bytes'])}, "
         f"savings {f(sav['dram'], '.2f')}x), K/V {tr['kv_placement']}",
