@@ -83,6 +83,8 @@ def simulate(cfg: SocConfig, trace, *, recorder: Recorder = OFF, seed: int | Non
     that differ only in timing, e.g. memory hierarchies, prune alike).
     """
     wall0 = time.perf_counter()
+    if seed is not None:  # the report's resolved config records the seed actually used
+        cfg = dataclasses.replace(cfg, seed=seed)
     shape = shape_of(trace)
     m = trace.meta
     per_layer_out = [k for k in cfg.pruning.per_layer if not 0 <= k < shape.layers]
@@ -95,7 +97,7 @@ def simulate(cfg: SocConfig, trace, *, recorder: Recorder = OFF, seed: int | Non
         cal = load_trace(cfg.pruning.calibration_trace)
         calibration = (cal.q, cal.k)
     spec = pruning_spec(cfg)
-    seed = cfg.seed if seed is None else seed
+    seed = cfg.seed
     func = functional if functional is not None else run_functional(
         trace.q, trace.k, trace.v, scale=m.scale, causal=m.causal, query_offset=m.query_offset, pruning=spec,
         q_tile=cfg.dataflow.q_tile_rows, k_tile=system.key_tile, seed=seed, keep_output=keep_output,

@@ -8,6 +8,7 @@ bad value. No third-party schema library: the checks are few and the messages ma
 from __future__ import annotations
 
 import dataclasses
+import re
 import reprlib
 import types
 import typing
@@ -18,6 +19,7 @@ from soc.errors import ConfigError
 _MISSING = dataclasses.MISSING
 MAX_INT = 2**53  # integers beyond this are not exact as floats, and no parameter needs them
 MAX_FLOAT = 1e18  # no parameter needs more in its unit; products of a few such stay far from overflow
+_EXPONENT_FLOAT = re.compile(r"[-+]?[0-9]+(\.[0-9]*)?[eE][-+]?[0-9]+")  # 1e-3, 2E9, 1.5e3: text to YAML 1.1
 
 # error messages quote the bad value, but boundedly: a 1 MiB string or a 10^5-node list stays one short line
 _REPR = reprlib.Repr()
@@ -30,9 +32,13 @@ _REPR.maxlevel = 3
 def show(value: Any) -> str:
     """A bounded, one-line repr of a bad value for an error message."""
     try:
-        return _REPR.repr(value)
+        text = _REPR.repr(value)
     except (ValueError, RecursionError):  # e.g. an int past the str-conversion limit
         return f"<{type(value).__name__}>"
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+PATH_CHARS = 4096  # paths are quoted whole (PATH_MAX), keys and values shortened to 200 characters
 
 
 def one_line(text: Any, limit: int = 200) -> str:
@@ -75,8 +81,10 @@ def _describe(tp: Any) -> str:
 
 
 def _range_text(meta: Mapping[str, Any]) -> str:
-    if meta.get("ge") is not None and meta.get("le") is not None:
-        return f"in [{meta['ge']:g}, {meta['le']:g}]"
+    low = ("[", meta["ge"]) if meta.get("ge") is not None else ("(", meta["gt"]) if meta.get("gt") is not None else None
+    high = ("]", meta["le"]) if meta.get("le") is not None else (")", meta["lt"]) if meta.get("lt") is not None else None
+    if low and high:  # an interval reads better than two inequalities
+        return f"in {low[0]}{low[1]:g}, {high[1]:g}{high[0]}"
     parts = []
     for key, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
         if meta.get(key) is not None:
@@ -152,6 +160,8 @@ def convert(tp: Any, value: Any, where: str, meta: Mapping[str, Any] | None = No
             raise ConfigError(f"{where}: expected an integer of magnitude at most 2**53, got {show(value)}")
         return value
     if tp is float:
+        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-3 as text; a number field means the number
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number {_range_text(meta)}".rstrip() + f", got {show(value)}")
         try:

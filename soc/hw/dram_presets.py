@@ -194,6 +194,9 @@ def _pow2(value: int, key: str) -> int:
     return value.bit_length() - 1
 
 
+MIN_TREFI_NS = 100.0
+
+
 def resolve_spec(cfg: Any) -> DramSpec:
     """Preset values overridden by every non-null ``dram.*`` field; checked for consistency."""
     preset = PRESETS[cfg.preset]
@@ -205,6 +208,10 @@ def resolve_spec(cfg: Any) -> DramSpec:
     if spec.row_bytes % spec.burst_bytes:
         raise ConfigError(f"dram.row_bytes: expected a multiple of one burst ({spec.burst_bytes} bytes = "
                           f"bus_bytes x burst_length), got {spec.row_bytes}")
+    if cfg.refresh and spec.trefi_ns < max(2 * spec.trfc_ns, MIN_TREFI_NS):
+        # a refresh interval shorter than the refresh itself would leave no time to serve requests
+        raise ConfigError(f"dram.trefi_ns: expected at least max(2 x trfc_ns, {MIN_TREFI_NS:g}) = "
+                          f"{max(2 * spec.trfc_ns, MIN_TREFI_NS):g} ns with refresh on, got {spec.trefi_ns:g}")
     address_fields(spec)  # validates the mapping
     return spec
 

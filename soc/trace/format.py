@@ -30,6 +30,7 @@ from typing import IO, Any, Literal
 import numpy as np
 import numpy.lib.format as npf
 
+from soc.config.fields import PATH_CHARS, one_line, show
 from soc.errors import TraceError
 from soc.io import atomic_open
 from soc.trace.meta import FORMAT, SOURCES, TraceMeta
@@ -41,7 +42,9 @@ __all__ = ["FORMAT", "SOURCES", "ARRAYS", "Trace", "TraceMeta", "load_trace", "s
 ARRAYS = ("q", "k", "v")
 _DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
 _DIR_FILES = frozenset({"q.npy", "k.npy", "v.npy", "meta.json"})
-_MAX_META_BYTES = 16 * 2**20  # metadata is a few hundred bytes; anything larger is not a trace
+# metadata is a few KiB (a capture's token ids: ~7 characters per token, so this holds ~37,000 tokens); the
+# bound caps what parsing and validating it allocates: < 32 MiB (measured: 25 MiB for 2**18 chars of "{},")
+_MAX_META_CHARS = 2**18
 _FINITE_CHUNK = 1 << 20  # elements per isfinite() pass, into one reused 1 MiB boolean buffer
 _SHAPE_DOC = {
     "q": "(layers, heads, seq_len - query_offset, head_dim)",
@@ -58,10 +61,10 @@ def _check_header(name: str, shape: tuple[int, ...], dtype: np.dtype, meta: Trac
     expected = meta.expected_shapes()[name]
     if len(shape) != 4:
         raise TraceError(f"{where}: {name}: expected 4 dimensions {_SHAPE_DOC[name]}, "
-                         f"got shape {tuple(shape)}")
+                         f"got shape {show(tuple(shape))}")
     if tuple(shape) != expected:
         raise TraceError(f"{where}: {name}: expected shape {_SHAPE_DOC[name]} = {expected}, "
-                         f"got {tuple(shape)}")
+                         f"got {show(tuple(shape))}")
 
 
 def check_arrays(arrays: Mapping[str, np.ndarray], meta: TraceMeta, where: str, *,
@@ -129,7 +132,7 @@ def _read_header(fh: IO[bytes], where: str, name: str) -> _Header:
         else:
             raise ValueError(f"unsupported .npy version {version}")
     except (ValueError, EOFError, OSError, zipfile.BadZipFile, SyntaxError) as exc:
-        raise TraceError(f"{where}: {name}: not a valid .npy header ({exc})") from None
+        raise TraceError(f"{where}: {name}: not a valid .npy header ({one_line(exc)})") from None
     return _Header(tuple(shape), np.dtype(dtype), bool(fortran), fh.tell())
 
 
@@ -140,15 +143,19 @@ def _data_bytes(h: _Header) -> int:
 def _check_meta_header(h: _Header, where: str, name: str) -> None:
     if h.dtype.kind != "U" or h.shape != ():
         raise _bad(where, name, "a 0-d unicode array holding JSON", f"{h.dtype} array of shape {h.shape}")
-    if _data_bytes(h) > _MAX_META_BYTES:
-        raise _bad(where, name, f"at most {_MAX_META_BYTES} bytes", _data_bytes(h))
+    if _data_bytes(h) // 4 > _MAX_META_CHARS:  # numpy stores unicode as UTF-32
+        raise _bad(where, name, f"at most {_MAX_META_CHARS} characters", _data_bytes(h) // 4)
 
 
 def _parse_meta(text: str, where: str) -> TraceMeta:
     try:
         d = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise TraceError(f"{where}: meta: invalid JSON ({exc})") from None
+        raise TraceError(f"{where}: meta: invalid JSON ({one_line(exc)})") from None
+    except RecursionError:  # the decoder recurses per nesting level
+        raise TraceError(f"{where}: meta: JSON nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise TraceError(f"{where}: meta: a value cannot be read ({one_line(exc)})") from None
     return TraceMeta.from_dict(d, where)
 
 
@@ -180,8 +187,23 @@ def _zip_member_offset(fh: IO[bytes], info: zipfile.ZipInfo) -> int:
     return info.header_offset + 30 + name_len + extra_len
 
 
+def _check_stored_crc(fh: IO[bytes], info: zipfile.ZipInfo, start: int, where: str, name: str) -> None:
+    """A memory-mapped member bypasses zipfile's CRC check: check it here, 1 MiB at a time (one sequential
+    pass, as cheap as the NaN scan that follows), so a flipped byte is not silently replayed."""
+    fh.seek(start)
+    crc, left = 0, info.compress_size
+    while left > 0:
+        chunk = fh.read(min(left, 1 << 20))
+        if not chunk:
+            break
+        crc = zlib.crc32(chunk, crc)
+        left -= len(chunk)
+    if left or crc != info.CRC:
+        raise TraceError(f"{where}: {name}.npy fails the zip CRC-32 check (corrupt or truncated)")
+
+
 def _open_npz(path: Path, *, read: bool, mmap: bool, max_bytes: float) -> tuple[TraceMeta, dict[str, Any]]:
-    where = str(path)
+    where = one_line(path, PATH_CHARS)
     try:
         with zipfile.ZipFile(path) as zf:
             members = {i.filename: i for i in zf.infolist()}
@@ -209,7 +231,9 @@ def _open_npz(path: Path, *, read: bool, mmap: bool, max_bytes: float) -> tuple[
                 info, h = members[f"{name}.npy"], headers[name]
                 if mmap and info.compress_type == zipfile.ZIP_STORED:
                     with open(path, "rb") as raw:
-                        offset = _zip_member_offset(raw, info) + h.data_offset
+                        start = _zip_member_offset(raw, info)
+                        _check_stored_crc(raw, info, start, where, name)
+                    offset = start + h.data_offset
                     arrays[name] = np.memmap(path, dtype=h.dtype, mode="r", offset=offset, shape=h.shape,
                                              order="F" if h.fortran else "C")
                 else:
@@ -217,20 +241,22 @@ def _open_npz(path: Path, *, read: bool, mmap: bool, max_bytes: float) -> tuple[
                         arrays[name] = npf.read_array(fh, allow_pickle=False)
             return meta, arrays
     except zipfile.BadZipFile as exc:
-        raise TraceError(f"{where}: not a valid .npz (zip) archive: {exc} (truncated or corrupt?)") from None
-    except (ValueError, EOFError, OSError, zlib.error) as exc:
-        raise TraceError(f"{where}: cannot read ({type(exc).__name__}: {exc})") from None
+        raise TraceError(f"{where}: not a valid .npz (zip) archive: {one_line(exc)} "
+                         "(truncated or corrupt?)") from None
+    except (ValueError, EOFError, OSError, zlib.error) as exc:  # e.g. a seek to a corrupt (negative) offset
+        raise TraceError(f"{where}: cannot read ({type(exc).__name__}: {one_line(exc)}; truncated or "
+                         "corrupt?)") from None
 
 
 def _open_dir(path: Path, *, read: bool, mmap: bool, max_bytes: float) -> tuple[TraceMeta, dict[str, Any]]:
-    where = str(path)
+    where = one_line(path, PATH_CHARS)
     for fname in sorted(_DIR_FILES):
         if not (path / fname).is_file():
             raise TraceError(f"{where}: missing {fname} (a trace directory holds "
                              f"{', '.join(sorted(_DIR_FILES))})")
     meta_file = path / "meta.json"
-    if meta_file.stat().st_size > _MAX_META_BYTES:
-        raise _bad(where, "meta.json", f"at most {_MAX_META_BYTES} bytes", meta_file.stat().st_size)
+    if meta_file.stat().st_size > _MAX_META_CHARS:  # UTF-8: at least one byte per character
+        raise _bad(where, "meta.json", f"at most {_MAX_META_CHARS} bytes", meta_file.stat().st_size)
     try:
         meta = _parse_meta(meta_file.read_text(encoding="utf-8"), f"{where}/meta.json")
         headers: dict[str, _Header] = {}
@@ -247,15 +273,23 @@ def _open_dir(path: Path, *, read: bool, mmap: bool, max_bytes: float) -> tuple[
     except UnicodeDecodeError as exc:
         raise TraceError(f"{where}/meta.json: not UTF-8 text ({exc})") from None
     except (ValueError, EOFError, OSError) as exc:
-        raise TraceError(f"{where}: cannot read ({type(exc).__name__}: {exc})") from None
+        raise TraceError(f"{where}: cannot read ({type(exc).__name__}: {one_line(exc)})") from None
     return meta, arrays
 
 
 def _open(path: str | os.PathLike[str], **kwargs: Any) -> tuple[Path, TraceMeta, dict[str, Any]]:
     p = Path(path)
-    if not p.exists():
-        raise TraceError(f"{p}: no such trace file or directory")
-    opener = _open_dir if p.is_dir() else _open_npz
+    try:
+        exists, is_dir = p.exists(), p.is_dir()
+    except (OSError, ValueError) as exc:  # a name longer than the file system allows, a NUL byte
+        raise TraceError(f"{one_line(p, PATH_CHARS)}: cannot read "
+                         f"({getattr(exc, 'strerror', None) or exc})") from None
+    if not exists:
+        raise TraceError(f"{one_line(p, PATH_CHARS)}: no such trace file or directory")
+    if not is_dir and not p.is_file():  # a device or a pipe: /dev/zero would be read forever
+        raise TraceError(f"{one_line(p, PATH_CHARS)}: not a regular file or a directory; expected a .npz file "
+                         "or a trace directory")
+    opener = _open_dir if is_dir else _open_npz
     meta, arrays = opener(p, **kwargs)
     return p, meta, arrays
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from soc.config.fields import PATH_CHARS, one_line, show
 from soc.errors import TraceError
 
 FORMAT = "soc.trace/1"
@@ -28,14 +29,20 @@ _KNOWN = {"format", "model", "source", "causal", "scale", "query_offset", "text_
           *_INT_KEYS, *_OPTIONAL_STR}
 
 
+MAX_DIM = 2**53  # no dimension or count is larger; keeps shapes (and messages) in int64 range
+
+
 def bad(where: str, key: str, expected: str, got: Any) -> TraceError:
-    return TraceError(f"{where}: {key}: expected {expected}, got {got!r}")
+    """The error for one bad field; the value is quoted boundedly (a 10^5-element list stays short)."""
+    return TraceError(f"{one_line(where, PATH_CHARS)}: {key}: expected {expected}, got {show(got)}")
 
 
 def _as_int(d: Mapping[str, Any], key: str, where: str, lo: int) -> int:
     value = d[key]
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < lo:
         raise bad(where, f"meta.{key}", f"an integer >= {lo}", value)
+    if int(value) > MAX_DIM:
+        raise bad(where, f"meta.{key}", "an integer <= 2**53", value)
     return int(value)
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
+from soc.config.loader import read_yaml
 
 from soc.errors import ConfigError
 
@@ -122,12 +122,5 @@ def load_workload(name_or_path: str | os.PathLike[str]) -> WorkloadSpec:
             known = ", ".join(list_workloads()) or "none"
             raise ConfigError(f"workload: unknown name {text!r} (known: {known})")
         path = found[0]
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}: invalid YAML{at}: {getattr(exc, 'problem', exc)}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read ({exc})") from None
+    data = read_yaml(path)  # bounded: size, nesting and alias expansion (soc.config.loader)
     return WorkloadSpec.from_dict(data, str(path))
