@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import simpy
@@ -136,7 +136,7 @@ class System:
         return args
 
     # --- stages --------------------------------------------------------------------------------------------
-    def _cim_load_stage(self, i: int, rows: list[tuple], inputs: simpy.Store):
+    def _cim_load_stage(self, i: int, rows: Iterator[tuple], inputs: simpy.Store):
         """Prefetches each tile's query tile and key MSBs into SRAM while the array works on earlier tiles."""
         me = f"cim{i}.loader"
         for r in rows:
@@ -176,7 +176,7 @@ class System:
             yield from tb.put(r, r[MASK])
         self.waiting.pop(name, None)
 
-    def _feed_stage(self, i: int, rows: list[tuple]):
+    def _feed_stage(self, i: int, rows: Iterator[tuple]):
         """Without a CIM core every tile goes straight to the digital side."""
         tb, me = self.buffers[i], f"feed{i}"
         for r in rows:
@@ -240,24 +240,21 @@ class System:
     def run(self, chunks: dict[str, np.ndarray]) -> SimStats:
         wall0 = time.perf_counter()
         table = self.timing_table(chunks)
-        cols = [chunks[k] if k in chunks else table[k] for k in _ROW]
-        rows = list(zip(*(c.tolist() for c in cols)))
-        head_id = (chunks["layer"] * self.shape.heads + chunks["head"]) % self.pairs
-        owner = head_id.tolist()
-        per_pair: list[list[tuple]] = [[] for _ in range(self.pairs)]
-        for r, p in zip(rows, owner):
-            per_pair[p].append(r)
+        cols = [np.asarray(chunks[k] if k in chunks else table[k]) for k in _ROW]
+        owner = (chunks["layer"] * self.shape.heads + chunks["head"]) % self.pairs  # heads round-robin
         procs = []
-        for i, mine in enumerate(per_pair):
+        for i in range(self.pairs):
+            idx = np.flatnonzero(owner == i)
+            mine = _rows(cols, idx)
             ready = simpy.Store(self.env, capacity=2)
             if self.cims:
                 inputs = simpy.Store(self.env, capacity=2)  # double-buffered query/key-MSB inputs
                 procs.append(self.env.process(self._cim_load_stage(i, mine, inputs)))
-                procs.append(self.env.process(self._cim_stage(i, len(mine), inputs)))
+                procs.append(self.env.process(self._cim_stage(i, len(idx), inputs)))
             else:
                 procs.append(self.env.process(self._feed_stage(i, mine)))
-            procs.append(self.env.process(self._fetch_stage(i, len(mine), ready)))
-            procs.append(self.env.process(self._digital_stage(i, len(mine), ready)))
+            procs.append(self.env.process(self._fetch_stage(i, len(idx), ready)))
+            procs.append(self.env.process(self._digital_stage(i, len(idx), ready)))
         self.env.run()
         if any(p.is_alive for p in procs):
             blocked = "; ".join(f"{k} waits for {v}" for k, v in sorted(self.waiting.items()))
@@ -284,6 +281,14 @@ class System:
         stats.token_buffer_peak = max(b.peak for b in self.buffers)
         stats.blocks["interconnect"] = self.net
         return stats
+
+
+def _rows(cols: list[np.ndarray], idx: np.ndarray, block: int = 4096) -> Iterator[tuple]:
+    """The tiles of one pair as tuples, made a block at a time: the run holds numpy columns (~0.2 KB a tile),
+    not a Python tuple per tile (~1.3 KB)."""
+    for start in range(0, len(idx), block):
+        sel = idx[start:start + block]
+        yield from zip(*(c[sel].tolist() for c in cols))
 
 
 def _events(env: simpy.Environment) -> int:

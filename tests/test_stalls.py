@@ -154,7 +154,7 @@ def _blocked(message: str) -> dict[str, str]:
 def _drop_last(original):
     """A stage that quietly loses its last tile (the consumer then waits for an item that never comes)."""
     def stage(self, i, rows, *stores):
-        yield from original(self, i, rows[:-1], *stores)
+        yield from original(self, i, list(rows)[:-1], *stores)
     return stage
 
 
@@ -217,7 +217,7 @@ def test_a_stall_in_one_pair_names_only_that_pair(trace, monkeypatch):
     original = System._cim_load_stage
 
     def lose_in_pair_1(self, i, rows, store):
-        yield from original(self, i, rows[:-1] if i == 1 else rows, store)
+        yield from original(self, i, list(rows)[:-1] if i == 1 else rows, store)
 
     monkeypatch.setattr(System, "_cim_load_stage", lose_in_pair_1)
     with pytest.raises(SimulationStalled) as info:
