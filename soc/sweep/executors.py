@@ -1,8 +1,9 @@
 """Where design points run: in this process, in local worker processes, or on a Dask cluster.
 
 Every executor runs the same worker function, ``run_point``, on a small ``Task`` (config path, overrides, a
-trace reference, a seed): workers load or synthesize the trace themselves (and keep the last two in memory), so
-no large array ever crosses a process boundary or the Dask scheduler; only the report (a few KB) comes back.
+trace reference, a seed): workers load or synthesize the trace themselves (and keep the last two in memory),
+so no large array ever crosses a process boundary or the Dask scheduler; only the report (a few KB) comes
+back.
 An executor yields ``Outcome``s as points finish, in any order, keeping at most a small window of points in
 flight so that an interrupt or a lost worker costs little. A point that raises becomes an ``error`` outcome;
 the sweep goes on.
@@ -19,7 +20,7 @@ import socket
 import time
 import traceback
 import uuid
-from collections import Counter, deque
+from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -31,7 +32,6 @@ from soc.sweep.spec import TraceRef
 # One BLAS thread per worker process: the workers already fill the cores, and OpenBLAS's threaded path stalls
 # for tens of ms per call on a shared core (measured in soc/trace/synth.py). Dask's nanny sets the same.
 _BLAS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-_WORKER_DIED_LIMIT = 2  # a point in flight when a worker process died this often is recorded as failed
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def run_point(task: Task) -> Outcome:
         return Outcome(task.id, "error", error=_one_line(exc), wall_s=time.perf_counter() - t0, worker=worker)
 
 
-# --- executors ---------------------------------------------------------------------------------------------------
+# --- executors ----------------------------------------------------------------------------------------------
 EXECUTORS: dict[str, type] = {}
 
 
@@ -140,30 +140,33 @@ def _single_blas_thread() -> Iterator[None]:
 @executor("processes")
 class ProcessExecutor:
     """One spawned worker process per core (default). A worker that dies (killed, out of memory) breaks the
-    pool: the points in flight are retried on a fresh pool, and recorded as failed the second time."""
+    pool and every point in flight with it; those points are then rerun one at a time on a fresh pool, so the
+    one that kills its worker while running alone is recorded as failed and the others finish."""
 
     def __init__(self, workers: int | None = None, scheduler: str | None = None) -> None:
         self.workers = workers or default_workers()
+        self.fn = run_point  # what a worker runs on a task (a module-level function: workers import it)
 
     def _pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_worker_init)
 
     def run(self, tasks: Iterable[Task]) -> Iterator[Outcome]:
-        queue: deque[Task] = deque()
+        suspects: deque[Task] = deque()  # in flight when a worker died: rerun alone
+        finished = lone_deaths = 0
         source = iter(tasks)
-        died: Counter[str] = Counter()
         pool = None
         inflight: dict[Any, Task] = {}
         try:
             with _single_blas_thread():  # workers spawn lazily, on submit: keep the setting while submitting
                 while True:
-                    while len(inflight) < self.workers:
-                        task = queue.popleft() if queue else next(source, None)
+                    alone = bool(suspects)
+                    while len(inflight) < (1 if alone else self.workers):
+                        task = suspects.popleft() if alone else next(source, None)
                         if task is None:
                             break
                         pool = pool or self._pool()
-                        inflight[pool.submit(run_point, task)] = task
+                        inflight[pool.submit(self.fn, task)] = task
                     if not inflight:
                         return
                     done, _ = wait(inflight, return_when=FIRST_COMPLETED)
@@ -172,16 +175,22 @@ class ProcessExecutor:
                         task = inflight.pop(fut)
                         try:
                             outcome = fut.result()
+                            finished += 1
                         except BrokenProcessPool:
                             broken = True
-                            died[task.id] += 1
-                            if died[task.id] < _WORKER_DIED_LIMIT:
-                                queue.append(task)
+                            if not alone:
+                                suspects.append(task)
                                 continue
-                            outcome = Outcome(task.id, "error", error=f"worker process died {died[task.id]} "
-                                              "times running this point (killed, or out of memory?)")
+                            lone_deaths += 1
+                            if lone_deaths >= 2 and not finished:  # not the points: the workers cannot start
+                                raise SocError("--executor processes: worker processes die before finishing "
+                                               "any point; run with --executor serial to see why") from None
+                            outcome = Outcome(task.id, "error", error="the worker process died running this "
+                                              "point alone (killed, or out of memory?)")
                         yield outcome
-                    if broken:
+                    if broken:  # the other points in flight fail with the pool: suspects too
+                        suspects.extend(inflight.values())
+                        inflight.clear()
                         pool.shutdown(wait=True, cancel_futures=True)
                         pool = None
         finally:
@@ -243,7 +252,7 @@ class DaskExecutor:
         pending = {}
         try:
             ac = as_completed()
-            for task in [first, *(t for _, t in zip(range(window - 1), source))]:
+            for task in [first, *(t for _, t in zip(range(window - 1), source, strict=False))]:
                 fut = client.submit(run_point, task, key=f"soc-point-{task.id}-{tag}", pure=False)
                 pending[fut.key] = task
                 ac.add(fut)

@@ -7,6 +7,8 @@ Progress (points done / total, failures, time per point, ETA) goes to stderr.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -38,9 +40,10 @@ class Progress:
     """``sweep NAME: 12/40 points (3 resumed, 1 failed), 4.1 s/point, ETA 0:01:10`` on stderr; one line per
     finished point, or one line rewritten in place on a terminal."""
 
-    def __init__(self, name: str, total: int, resumed: int, stream: IO[str] | None) -> None:
+    def __init__(self, name: str, total: int, resumed: int, stream: IO[str] | None, failed: int = 0) -> None:
         self.name, self.total, self.resumed, self.stream = name, total, resumed, stream
-        self.ran = self.failed = 0
+        self.ran = 0
+        self.failed = self.failed_before = failed  # failed points, resumed ones included
         self.t0 = time.perf_counter()
         self.tty = bool(stream is not None and getattr(stream, "isatty", lambda: False)())
 
@@ -49,7 +52,7 @@ class Progress:
         text = f"sweep {self.name}: {done}/{self.total} points ({self.resumed} resumed, {self.failed} failed)"
         if self.ran:
             per = (time.perf_counter() - self.t0) / self.ran
-            eta = int(round(per * (self.total - done)))
+            eta = round(per * (self.total - done))
             text += f", {per:.2f} s/point, ETA {eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}"
         return text
 
@@ -58,7 +61,7 @@ class Progress:
             return
         if self.tty:
             self.stream.write("\r\x1b[K" + self.line() + ("\n" if final else ""))
-        elif not final or not self.ran:
+        elif not final:
             self.stream.write(self.line() + "\n")
         self.stream.flush()
 
@@ -68,17 +71,40 @@ class Progress:
         self.show()
 
 
+def _base_digest(spec: SweepSpec) -> str:
+    from soc.config.loader import config_to_dict, load_config
+
+    text = json.dumps(config_to_dict(load_config(spec.base)), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _record_spec(spec: SweepSpec, path: Path, points: int, *, resumed: bool, warn: IO[str] | None) -> None:
+    """Write DIR/sweep.json; warn when resumed rows were computed from another base config (point ids
+    cover the factor values, the trace and the seed, not the base file's content)."""
+    digest = _base_digest(spec)
+    if resumed and warn is not None and path.exists():
+        try:
+            before = json.loads(path.read_text(encoding="utf-8")).get("base_sha256")
+        except (OSError, ValueError):
+            before = None
+        if before is not None and before != digest:
+            warn.write(f"sweep: warning: {spec.base} changed since the finished rows in {path.parent} were "
+                       f"computed; they are kept (use another --out to rerun them)\n")
+    write_json(path, {**spec.to_dict(), "points": points, "base_sha256": digest})
+
+
 def _row(point: Point, outcome: Outcome) -> dict[str, Any]:
-    row: dict[str, Any] = {"id": point.id, **dict(point.factors), "trace": point.trace.key, "seed": point.seed,
-                           "replicate": point.replicate, "status": outcome.status, "error": outcome.error}
+    row: dict[str, Any] = {"id": point.id, **dict(point.factors), "trace": point.trace.key,
+                           "seed": point.seed, "replicate": point.replicate, "status": outcome.status,
+                           "error": outcome.error}
     if outcome.report is not None:
         row.update(report_metrics(outcome.report))
     return row
 
 
-def run_sweep(spec: SweepSpec, out_dir: str | Path, *, executor: str = "processes", workers: int | None = None,
-              scheduler: str | None = None, retry_failed: bool = False, plot: bool = True,
-              progress: IO[str] | None = sys.stderr) -> SweepSummary:
+def run_sweep(spec: SweepSpec, out_dir: str | Path, *, executor: str = "processes",
+              workers: int | None = None, scheduler: str | None = None, retry_failed: bool = False,
+              plot: bool = True, progress: IO[str] | None = sys.stderr) -> SweepSummary:
     """Run every point of ``spec`` not yet in ``out_dir/results.csv``; return what was done.
 
     ``executor``: serial, processes (default; ``workers`` processes, default one per core) or dask (a
@@ -100,10 +126,12 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, *, executor: str = "processe
     with ResultStore(out, columns_for(spec.factor_keys)) as store:
         done = store.open()
         if retry_failed:
-            done = store.drop_failed(done)
-        write_json(out / "sweep.json", {**spec.to_dict(), "points": len(points)})
+            done = store.drop_failed()
+        _record_spec(spec, out / "sweep.json", len(points), resumed=bool(done), warn=progress)
         todo = {p.id: p for p in points if p.id not in done}
-        prog = Progress(spec.name, len(points), len(points) - len(todo), progress)
+        ids = {p.id for p in points}
+        prog = Progress(spec.name, len(points), len(points) - len(todo), progress,
+                        failed=sum(r["status"] != "ok" for i, r in done.items() if i in ids))
         prog.show()
         tasks = (Task(p.id, spec.base, p.overrides, p.trace, p.seed) for p in todo.values())
         if todo:
@@ -116,11 +144,11 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, *, executor: str = "processe
                 store.append(_row(point, outcome))
                 prog.update(outcome)
         prog.show(final=True)
-    ids = {p.id for p in points}
     rows = [r for r in read_results(store.path) if r["id"] in ids]
     png = None
     if plot:
         from soc.sweep.plot import plot_pareto
         png = plot_pareto(rows, out / "pareto.png", title=spec.name, warn=progress)
-    return SweepSummary(total=len(points), resumed=prog.resumed, ran=prog.ran, failed=prog.failed,
+    return SweepSummary(total=len(points), resumed=prog.resumed, ran=prog.ran,
+                        failed=prog.failed - prog.failed_before,
                         wall_s=time.perf_counter() - t0, results_csv=store.path, pareto_png=png, rows=rows)

@@ -16,8 +16,8 @@ lists and replays one or more workload traces at every point. ``SWEEP.yaml``:
 
 Seeds: a point's seed is derived from (base seed, trace, replicate index) only, not from the factor values, so
 every design point of one trace sees the same analog-noise draw (common random numbers): differences between
-points come from the design, not from the noise. A point's id is a stable hash of (factor values, trace, seed),
-the same on every machine and every run, which is what makes a sweep resumable.
+points come from the design, not from the noise. A point's id is a stable hash of (factor values, trace,
+seed), the same on every machine and every run, which is what makes a sweep resumable.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ class TraceRef:
     """A workload trace as the worker will obtain it: a file it loads by path, or a synthetic spec it builds.
 
     ``key`` names the trace in results.csv and in point ids: the path as written in the sweep file, or
-    ``synth:workload=...,seq_len=...`` for a synthetic one (stable across machines and working directories)."""
+    ``synth:workload=...,seq_len=...`` for a synthetic one (stable across machines and working
+    directories)."""
 
     key: str
     path: str | None = None  # absolute path of a trace file or directory
@@ -89,8 +90,8 @@ class SweepSpec:
     def combinations(self) -> list[tuple[tuple[str, Any], ...]]:
         keys = self.factor_keys
         lists = [values for _, values in self.factors]
-        rows = itertools.product(*lists) if self.mode == "product" else zip(*lists)
-        return [tuple(zip(keys, row)) for row in rows]
+        rows = itertools.product(*lists) if self.mode == "product" else zip(*lists, strict=True)
+        return [tuple(zip(keys, row, strict=True)) for row in rows]
 
     def points(self) -> list[Point]:
         out = []
@@ -127,16 +128,18 @@ def point_id(factors: tuple[tuple[str, Any], ...], trace_key: str, seed: int) ->
 
 
 def override_text(key: str, value: Any) -> str:
-    """``key=value`` such that the config loader's YAML parse gives back ``value`` exactly (0.1, 'true', [1, 2])."""
+    """``key=value`` such that the config loader's YAML parse gives back ``value`` exactly (0.1, 'true',
+    [1, 2])."""
     text = yaml.safe_dump(value, default_flow_style=True, width=math.inf).strip()
     if text.endswith("\n..."):  # a bare scalar document ends with an explicit end marker
         text = text[:-4].rstrip()
     return f"{key}={text}"
 
 
-# --- parsing -----------------------------------------------------------------------------------------------------
+# --- parsing ------------------------------------------------------------------------------------------------
 def _int(value: Any, where: str, lo: int, hi: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < lo or (hi is not None and value > hi):
+    if (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < lo
+            or (hi is not None and value > hi)):
         rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
         raise ConfigError(f"{where}: expected an integer {rng}, got {value!r}")
     return int(value)
@@ -190,20 +193,22 @@ def _synth_trace(item: Mapping[str, Any], where: str) -> TraceRef:
 
 def _traces(value: Any, where: str, folder: Path) -> tuple[TraceRef, ...]:
     if not isinstance(value, list) or not value:
-        raise ConfigError(f"{where}: expected a non-empty list of trace paths or synthetic specs, got {value!r}")
+        raise ConfigError(f"{where}: expected a non-empty list of trace paths or synthetic specs, "
+                          f"got {value!r}")
     out: list[TraceRef] = []
     for i, item in enumerate(value):
         at = f"{where}[{i}]"
         if isinstance(item, str) and item:
             path = _local(item, folder)
             if not path.exists():
-                raise ConfigError(f"{at}: no such trace {item!r} (looked in {folder} and the working directory)")
+                raise ConfigError(f"{at}: no such trace {item!r} (looked in {folder} and the working "
+                                  f"directory)")
             out.append(TraceRef(key=item, path=str(path.resolve())))
         elif isinstance(item, Mapping):
             out.append(_synth_trace(item, at))
         else:
-            raise ConfigError(f"{at}: expected a trace path or a mapping {{workload, seq_len, layers, seed}}, "
-                              f"got {item!r}")
+            raise ConfigError(f"{at}: expected a trace path or a mapping "
+                              f"{{workload, seq_len, layers, seed}}, got {item!r}")
     keys = [t.key for t in out]
     dup = next((k for k in keys if keys.count(k) > 1), None)
     if dup is not None:
@@ -215,12 +220,14 @@ def _factors(value: Any, where: str, base: Path) -> tuple[tuple[str, tuple[Any, 
     if value is None:
         value = {}
     if not isinstance(value, Mapping):
-        raise ConfigError(f"{where}: expected a mapping of dotted.config.key -> list of values, got {value!r}")
+        raise ConfigError(f"{where}: expected a mapping of dotted.config.key -> list of values, "
+                          f"got {value!r}")
     out = []
     for key, values in value.items():
         at = f"{where}.{key}"
         if not isinstance(key, str) or not key or not all(key.split(".")):
-            raise ConfigError(f"{where}: expected dotted config keys (e.g. dataflow.q_tile_rows), got {key!r}")
+            raise ConfigError(f"{where}: expected dotted config keys (e.g. dataflow.q_tile_rows), "
+                              f"got {key!r}")
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{at}: expected a non-empty list of values, got {values!r}")
         for i, v in enumerate(values):
@@ -236,13 +243,15 @@ def parse_sweep(data: Any, path: str = "<sweep>", folder: Path | None = None) ->
     """Validate a sweep mapping; every error names ``path`` and the key."""
     folder = folder if folder is not None else Path.cwd()
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{path}: expected a mapping with base, traces and factors, got {type(data).__name__}")
+        raise ConfigError(f"{path}: expected a mapping with base, traces and factors, "
+                          f"got {type(data).__name__}")
     unknown = [k for k in data if k not in TOP_KEYS]
     if unknown:
         raise ConfigError(f"{path}: {unknown[0]}: unknown key (expected one of {', '.join(TOP_KEYS)})")
     for key in ("base", "traces"):
         if key not in data:
-            raise ConfigError(f"{path}: {key}: missing (expected {'a config path' if key == 'base' else 'a list of traces'})")
+            what = "a config path" if key == "base" else "a list of traces"
+            raise ConfigError(f"{path}: {key}: missing (expected {what})")
     base = _base(data["base"], f"{path}: base", folder)
     mode = data.get("mode", "product")
     if mode not in MODES:
@@ -256,8 +265,9 @@ def parse_sweep(data: Any, path: str = "<sweep>", folder: Path | None = None) ->
     name = data.get("name", Path(path).stem)
     if not isinstance(name, str):
         raise ConfigError(f"{path}: name: expected a string, got {name!r}")
-    spec = SweepSpec(path=path, name=name, base=str(base), traces=_traces(data["traces"], f"{path}: traces", folder),
-                     factors=factors, mode=mode, seed=_int(data.get("seed", 0), f"{path}: seed", 0),
+    spec = SweepSpec(path=path, name=name, base=str(base),
+                     traces=_traces(data["traces"], f"{path}: traces", folder), factors=factors, mode=mode,
+                     seed=_int(data.get("seed", 0), f"{path}: seed", 0),
                      replicates=_int(data.get("replicates", 1), f"{path}: replicates", 1, 1000))
     n = len(spec.traces) * spec.replicates * (math.prod(len(v) for _, v in factors) if mode == "product"
                                               else (len(factors[0][1]) if factors else 1))

@@ -3,8 +3,8 @@
 Nothing is lost and nothing is counted twice: each row is one ``os.write`` on an ``O_APPEND`` file followed by
 ``fsync``, so a crash leaves at most a torn last line, which the next run drops before it appends. Rows are
 never rewritten except by ``open`` (to repair a torn tail) and ``drop_failed`` (to retry failures), both
-atomically. One sweep at a time writes a directory (an ``flock`` on ``DIR/.sweep.lock``, released by the kernel
-when the process dies, however it dies).
+atomically. One sweep at a time writes a directory (an ``flock`` on ``DIR/.sweep.lock``, released by the
+kernel when the process dies, however it dies).
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def _parse(data: bytes) -> tuple[list[str] | None, list[dict[str, str]], bool]:
             clean = False
             continue
         seen.add(line[0])
-        rows.append(dict(zip(header, line)))
+        rows.append(dict(zip(header, line, strict=True)))
     return header, rows, clean
 
 
@@ -172,9 +172,10 @@ class ResultStore:
             raise OSError(f"{self.path}: short write ({written} of {len(data)} bytes)")
         os.fsync(self._fd)
 
-    def drop_failed(self, rows: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+    def drop_failed(self) -> dict[str, dict[str, str]]:
         """Remove the rows of failed points (atomically) so that they run again; returns the rows kept."""
-        kept = {i: r for i, r in rows.items() if r.get("status") == "ok"}
+        rows = read_results(self.path)
+        kept = {r["id"]: r for r in rows if r.get("status") == "ok"}
         if len(kept) != len(rows):
             if self._fd is not None:
                 os.close(self._fd)
