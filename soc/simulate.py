@@ -20,7 +20,7 @@ from soc.attention.functional import FunctionalResult, run_functional
 from soc.attention.spec import CimQuantSpec, LayerRule, PruningSpec
 from soc.config.schema import LayerPruning, PruningConfig, SocConfig
 from soc.dataflow import Shape
-from soc.errors import TraceError
+from soc.errors import ConfigError, TraceError
 from soc.recorder import OFF, Recorder
 from soc.report import build_report
 from soc.system import SimStats, System
@@ -46,7 +46,7 @@ def _layer_rule(p: PruningConfig | LayerPruning, base: LayerRule | None) -> Laye
     rule = pick("rule")
     threshold = pick("threshold")
     return LayerRule(rule=rule, target_kept_fraction=pick("target_kept_fraction"), threshold=threshold,
-                     margin=pick("margin"), topk_keys=pick("topk_keys"),
+                     threshold_per_head=pick("threshold_per_head"), margin=pick("margin"), topk_keys=pick("topk_keys"),
                      granularity=getattr(p, "granularity", None) or getattr(base, "granularity", "head"))
 
 
@@ -91,6 +91,11 @@ def simulate(cfg: SocConfig, trace, *, recorder: Recorder = OFF, seed: int | Non
     if per_layer_out:
         raise TraceError(f"pruning.per_layer: layer {per_layer_out[0]} does not exist in a trace of "
                          f"{shape.layers} layers (expected 0..{shape.layers - 1})")
+    for where, rule in (("pruning", cfg.pruning), *((f"pruning.per_layer.{k}", v)
+                                                    for k, v in cfg.pruning.per_layer.items())):
+        if rule.threshold_per_head is not None and len(rule.threshold_per_head) != shape.heads:
+            raise ConfigError(f"{where}.threshold_per_head: expected {shape.heads} values (one per head of the "
+                              f"trace), got {len(rule.threshold_per_head)}")
     system = System(cfg, shape, recorder)  # elaborate first: a wiring error costs no functional work
     if calibration is None and cfg.pruning.calibration_trace:
         from soc.trace import load_trace

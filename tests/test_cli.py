@@ -56,6 +56,8 @@ def _bad_npz(path: Path) -> Path:
     (lambda t: ["run", "--trace", str(t / "missing.npz")], "missing.npz"),
     (lambda t: ["run", "--trace", str(_bad_npz(t / "bad.npz"))], "bad.npz"),
     (lambda t: ["run", "--set", "token_buffer.depth_entries=0"], "token_buffer.depth_entries"),
+    (lambda t: ["run", "--set", "pruning.threshold_per_head=[1,2]"],
+     r"pruning.threshold_per_head: expected 12 values \(one per head of the trace\), got 2"),
     (lambda t: ["trace", "synth", "--workload", "no-such-model", "--out", str(t / "x.npz")], "no-such-model"),
     (lambda t: ["trace", "info", str(t)], r"missing \w\.npy \(a trace directory holds"),
 ])

@@ -81,3 +81,21 @@ def test_yaml_syntax_error_gives_the_line(tmp_path):
 def test_round_trip_through_plain_data():
     cfg = load_config("configs/hybrid65nm.yaml")
     assert config_from_dict(config_to_dict(cfg)) == cfg
+
+
+def test_every_parameter_of_the_paper_chip_states_its_provenance():
+    import yaml
+
+    data = yaml.safe_load(open("configs/hybrid65nm.yaml", encoding="utf-8"))
+    provenance = data.pop("provenance")
+
+    def leaves(tree, prefix=""):
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                yield from leaves(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+
+    undocumented = [key for key, value in leaves(data)
+                    if not isinstance(value, str) and key not in provenance and key != "seed"]
+    assert undocumented == []

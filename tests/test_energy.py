@@ -40,8 +40,9 @@ def test_energy_recomputed_by_hand_from_counts_and_the_table(paper_cfg, run):
     digital = (c["digital0"]["macs"] * cfg.digital.mac_pj + c["digital0"]["exps"] * cfg.digital.softmax_pj) * 1e-12 \
         + cfg.digital.static_mw * 1e-3 * seconds
     t = run["traffic"]
+    scale = (cfg.sram.bank_bytes / cfg.sram.reference_bank_bytes) ** 0.5
     sram = (t["sram_read_bytes"] * cfg.sram.read_pj_per_byte + t["sram_write_bytes"] * cfg.sram.write_pj_per_byte) \
-        * 1e-12 + cfg.sram.static_mw * 1e-3 * seconds
+        * scale * 1e-12 + cfg.sram.static_mw * 1e-3 * seconds
     dram = (t["dram_read_bytes"] * cfg.dram.read_pj_per_byte + t["dram_write_bytes"] * cfg.dram.write_pj_per_byte) \
         * 1e-12 + cfg.dram.static_mw * 1e-3 * seconds
     links = {(link.a, link.b): link.pj_per_byte for link in cfg.interconnect.links}
@@ -54,6 +55,13 @@ def test_energy_recomputed_by_hand_from_counts_and_the_table(paper_cfg, run):
     assert e["by_block"]["interconnect"] == pytest.approx(net)
     # ops: analog MACs x 2 over the CIM's energy
     assert e["cim_tops_per_w"] == pytest.approx(2 * c["cim0"]["macs"] * 1e-12 / cim)
+
+
+def test_sram_energy_per_byte_grows_with_bank_size(small_trace):
+    runs = {b: simulate(load_config("configs/hybrid65nm.yaml", [f"sram.bank_bytes={b}"]), small_trace).report
+            for b in (8192, 32768)}
+    per_byte = {b: r["energy"]["detail"]["sram"]["read"] / r["traffic"]["sram_read_bytes"] for b, r in runs.items()}
+    assert per_byte[32768] == pytest.approx(2 * per_byte[8192])  # sqrt(4): longer bitlines and wordlines
 
 
 def test_paper_figures_within_five_percent():

@@ -20,6 +20,7 @@ class LayerPruning:
     rule: str | None = param(None, choices=RULES, doc="Pruning rule for this layer.")
     target_kept_fraction: float | None = param(None, gt=0.0, le=1.0, doc="Kept fraction for threshold/topk.")
     threshold: float | None = param(None, doc="Fixed comparator reference, softmax-logit units.")
+    threshold_per_head: tuple[float, ...] | None = param(None, doc="Fixed references, one per head.")
     margin: float | None = param(None, ge=0.0, doc="Keep keys within this many logits of the row maximum.")
     topk_keys: int | None = param(None, ge=1, doc="Fixed number of keys kept per query row.")
 
@@ -35,6 +36,8 @@ class PruningConfig:
                                             "topk: keep ceil(fraction x valid keys) per row.")
     threshold: float | None = param(None, doc="Fixed comparator reference in softmax-logit units "
                                               "(skips calibration).")
+    threshold_per_head: tuple[float, ...] | None = param(None, doc="Fixed references, one per head (softmax-logit "
+                                                                   "units; overrides threshold).")
     margin: float = param(4.0, ge=0.0, doc="Margin below the row maximum, softmax-logit units.")
     topk_keys: int | None = param(None, ge=1, doc="Fixed k for topk (overrides the fraction).")
     granularity: str = param("head", choices=("head", "layer"), doc="Threshold calibration granularity.")
@@ -117,8 +120,11 @@ class SramConfig:
     bank_bytes: int = param(8192, ge=64, doc="Capacity per bank.")
     width_bytes: int = param(8, ge=1, le=4096, doc="Bytes per bank access (one per cycle).")
     clock_ghz: float = param(1.1, gt=0.0, le=10.0)
-    read_pj_per_byte: float = param(0.3, ge=0.0)
-    write_pj_per_byte: float = param(0.35, ge=0.0)
+    read_pj_per_byte: float = param(0.3, ge=0.0, doc="Read energy for a bank of reference_bank_bytes.")
+    write_pj_per_byte: float = param(0.35, ge=0.0, doc="Write energy for a bank of reference_bank_bytes.")
+    reference_bank_bytes: int = param(8192, ge=64, doc="Bank size the energies are given for; they scale with "
+                                                      "sqrt(bank_bytes / reference_bank_bytes) (longer bitlines "
+                                                      "and wordlines, as CACTI's trend).")
     static_mw: float = param(2.0, ge=0.0)
     area_mm2: float = param(0.9, ge=0.0)
 

@@ -42,10 +42,15 @@ class BankedSram(Block):
             mask |= 1 << b
         return [(BankSet(self.bank_array, mask, [self.bank_ports[b] for b in banks], self._order), duration)]
 
+    @property
+    def energy_scale(self) -> float:
+        """Per-byte energy relative to the reference bank size: sqrt of the size ratio."""
+        return math.sqrt(self.cfg.bank_bytes / self.cfg.reference_bank_bytes)
+
     def dynamic_energy_pj(self) -> dict[str, float]:
-        c, cfg = self.counts, self.cfg
-        return {"read": c.get("read_bytes", 0.0) * cfg.read_pj_per_byte,
-                "write": c.get("write_bytes", 0.0) * cfg.write_pj_per_byte}
+        c, cfg, k = self.counts, self.cfg, self.energy_scale
+        return {"read": c.get("read_bytes", 0.0) * cfg.read_pj_per_byte * k,
+                "write": c.get("write_bytes", 0.0) * cfg.write_pj_per_byte * k}
 
 
 @register("dram", "simple")
