@@ -72,5 +72,6 @@ def test_smollm2_matches_transformers_loading_the_same_gguf():
     mine = ours.forward(ids).output
     err = float(np.abs(mine - ref).max())
     print(f"SmolLM2 vs transformers (GGUF): max |logit diff| {err:.2e} (|logits| <= {np.abs(ref).max():.1f})")
-    assert err < 2e-3
+    # float32 sums in another order over 30 layers: measured 1.4e-4 on logits up to 35 (4e-6 relative)
+    assert err / float(np.abs(ref).max()) < 1e-4
     assert np.array_equal(mine.argmax(-1), ref.argmax(-1))
