@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 
 from soc.attention.functional import FunctionalResult, run_functional
 from soc.attention.spec import CimQuantSpec, LayerRule, PruningSpec
@@ -117,9 +116,3 @@ def simulate(cfg: SocConfig, trace, *, recorder: Recorder = OFF, seed: int | Non
             report["accuracy"]["model"] = task
         report["sim"]["wall_s"] = time.perf_counter() - wall0
     return Result(report=report, functional=func, stats=stats, config=cfg)
-
-
-def chunk_order_ok(chunks: dict[str, np.ndarray]) -> bool:
-    """Chunks come in (layer, head, qtile, ktile) order, which the dataflow assumes."""
-    key = np.stack([chunks[k] for k in ("layer", "head", "qtile", "ktile")])
-    return bool(np.all(np.diff(np.ravel_multi_index(key, key.max(axis=1) + 1)) > 0))

@@ -11,10 +11,7 @@ stderr line ``soc: error: ...``, no traceback. Derandomized, no example database
 
 from __future__ import annotations
 
-import contextlib
-import io
 import time
-import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -22,7 +19,6 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from soc.cli import main
 from soc.config import load_config
 from soc.config.fields import MAX_FLOAT, MAX_INT, to_dict
 from soc.config.loader import MAX_CONFIG_BYTES, MAX_YAML_DEPTH, MAX_YAML_NODES
@@ -30,6 +26,8 @@ from soc.config.schema import SocConfig
 from soc.dataflow import Shape
 from soc.errors import ConfigError, SocError
 from soc.system import System
+from support import cli_one_line as _cli_one_line
+from support import measured
 
 MEMORY_BOUND_BYTES = 32 * 2**20  # README "Limits": what loading any config may allocate
 # any code point but surrogates; an explicit range spares hypothesis building a codec table (~15 s, cold)
@@ -49,33 +47,7 @@ def work(tmp_path_factory):
     return root
 
 
-@contextlib.contextmanager
-def measured():
-    """Peak Python allocation (bytes) and wall time of the block: ``stats["peak"]``, ``stats["s"]``."""
-    stats: dict[str, float] = {}
-    tracemalloc.start()
-    t0 = time.perf_counter()
-    try:
-        yield stats
-    finally:
-        stats["s"] = time.perf_counter() - t0
-        stats["peak"] = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-
-
 _refusals = {"n": 0}
-
-
-def _cli_one_line(argv: list[str]) -> str:
-    """Run the CLI in-process; it must exit 2 with exactly one stderr line and no traceback."""
-    err, out = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-        code = main(argv)
-    lines = err.getvalue().splitlines()
-    assert code == 2, (argv, err.getvalue())
-    assert len(lines) == 1 and lines[0].startswith("soc: error: "), err.getvalue()
-    assert "Traceback" not in err.getvalue()
-    return lines[0]
 
 
 def check_load(path: Path, overrides: tuple[str, ...] = (), tmp: Path | None = None):

@@ -13,12 +13,9 @@ goes through ``soc.cli.main(["run", "--trace", ...])``: exit 2 and exactly that 
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import math
-import time
-import tracemalloc
 import zipfile
 from pathlib import Path
 
@@ -28,9 +25,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from soc.cli import main
 from soc.errors import TraceError
 from soc.trace import FORMAT, Trace, load_trace, save_trace, trace_info
+from support import cli_one_line as _cli_one_line
+from support import measured
 
 MEMORY_BOUND_BYTES = 4 * 2**20  # generated files are < 64 KiB; claims in their headers must not be believed
 MAX_BYTES = 2**20  # the in-memory budget passed to load_trace
@@ -86,31 +84,7 @@ def work(tmp_path_factory):
     return root
 
 
-@contextlib.contextmanager
-def measured():
-    stats: dict[str, float] = {}
-    tracemalloc.start()
-    t0 = time.perf_counter()
-    try:
-        yield stats
-    finally:
-        stats["s"] = time.perf_counter() - t0
-        stats["peak"] = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-
-
 _refusals = {"n": 0}
-
-
-def _cli_one_line(argv: list[str]) -> str:
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        code = main(argv)
-    lines = err.getvalue().splitlines()
-    assert code == 2, (argv, err.getvalue())
-    assert len(lines) == 1 and lines[0].startswith("soc: error: "), err.getvalue()
-    assert "Traceback" not in err.getvalue()
-    return lines[0]
 
 
 def _check_message(exc: TraceError, path: Path) -> str:

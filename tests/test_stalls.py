@@ -12,16 +12,13 @@ error names every blocked process and what it waits for, and the run ends at onc
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-import io
 import re
 import time
 from pathlib import Path
 
 import pytest
 
-from soc.cli import main
 from soc.config import load_config
 from soc.errors import SimulationStalled, WiringError
 from soc.hw.base import Port
@@ -29,6 +26,7 @@ from soc.hw.token_buffer import TokenBuffer
 from soc.simulate import shape_of, simulate
 from soc.system import System
 from soc.trace import load_trace
+from support import cli_one_line as cli_error
 
 ROOT = Path(__file__).resolve().parent.parent
 TRACE = ROOT / "traces" / "synth-tiny.npz"  # 2 layers x 12 heads, seq 64, head_dim 32: 48 tiles
@@ -39,17 +37,6 @@ DENSE = ROOT / "configs" / "dense-digital.yaml"
 @pytest.fixture(scope="module")
 def trace():
     return load_trace(TRACE)
-
-
-def cli_error(argv: list[str]) -> str:
-    """Run the CLI in-process; it must exit 2 with one stderr line and no traceback; return that line."""
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        code = main(argv)
-    lines = err.getvalue().splitlines()
-    assert code == 2, err.getvalue()
-    assert len(lines) == 1 and lines[0].startswith("soc: error: ") and "Traceback" not in err.getvalue(), lines
-    return lines[0]
 
 
 def _links(*pairs: tuple[str, str]) -> str:

@@ -11,8 +11,6 @@ fit in one tile, else a whole second scoring pass); top-k needs the scores read 
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from soc.hw.base import Block, Port, register
@@ -65,7 +63,3 @@ class ChargeCim(Block):
         c, cfg = self.counts, self.cfg
         return {"mac": c.get("macs", 0.0) * cfg.mac_pj, "compare": c.get("compares", 0.0) * cfg.compare_pj,
                 "array_write": c.get("write_bits", 0.0) * cfg.write_pj_per_bit}
-
-
-def key_tiles(seq_k: int, key_tile: int) -> int:
-    return math.ceil(seq_k / key_tile)
