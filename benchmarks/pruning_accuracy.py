@@ -43,7 +43,10 @@ def main() -> str:
              "| DRAM savings | latency (us) |", "|---|---|---:|---:|---:|---|---:|---:|"]
     for name, path in TRACES.items():
         trace = soc.load_trace(path)
-        runs = [("threshold, calibrated per head, 0.25", base)]
+        guarded = dataclasses.replace(base, pruning=dataclasses.replace(base.pruning, keep_sink_tokens=1,
+                                                                        keep_recent_tokens=1))
+        runs = [("threshold, calibrated per head, 0.25", base),
+                ("same, + first and own token always kept", guarded)]
         for target in TARGETS:
             rows = calibrate_margins(base, trace, target_kept=target)
             runs.append((f"margin per layer, target {target}", with_margins(base, rows)))

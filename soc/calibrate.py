@@ -10,6 +10,7 @@ The result is a config that extends the base with ``pruning.per_layer`` override
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
 from typing import Callable
@@ -24,15 +25,15 @@ MARGIN_MAX = 64.0
 STEPS = 24
 
 
-def _layer_stats(q_l, k_l, v_l, *, spec, scale, valid, seed, layer):
+def _layer_stats(q_l, k_l, v_l, *, spec, scale, valid, seed, layer, query_offset):
     """Closures measuring kept fraction, mass kept and output error of one layer at a given margin."""
     from soc.attention.approx import approx_scores
     from soc.attention.exact import kv_for_heads, scores, softmax_masked, weighted_sum
     from soc.attention.functional import _head_rngs
     from soc.attention.pruning import prune_mask
-    from soc.attention.spec import LayerRule
 
     heads = q_l.shape[0]
+    base = spec.for_layer(layer)  # keeps its always-kept sink and recent tokens
     k_h, v_h = kv_for_heads(k_l, 0, heads, heads), kv_for_heads(v_l, 0, heads, heads)
     logits = scores(q_l, k_h, scale)
     probs = softmax_masked(logits, valid)
@@ -41,7 +42,8 @@ def _layer_stats(q_l, k_l, v_l, *, spec, scale, valid, seed, layer):
     n_valid = float(np.broadcast_to(valid, logits.shape).sum())
 
     def measure(margin: float) -> dict[str, float]:
-        keep = prune_mask(approx, valid, LayerRule(rule="margin", margin=margin))
+        keep = prune_mask(approx, valid, dataclasses.replace(base, rule="margin", margin=margin),
+                          query_offset=query_offset)
         out = weighted_sum(softmax_masked(logits, keep), v_h)
         rows = np.broadcast_to(valid, logits.shape).any(-1)
         return {"kept_fraction": keep.sum() / n_valid,
@@ -79,7 +81,8 @@ def calibrate_margins(cfg, trace, *, target_kept: float | None = None, target_ma
     rows = []
     for layer in range(m.layers):
         q_l, k_l, v_l = (np.asarray(a[layer], dtype=np.float32) for a in (trace.q, trace.k, trace.v))
-        measure = _layer_stats(q_l, k_l, v_l, spec=spec, scale=m.scale, valid=valid, seed=seed, layer=layer)
+        measure = _layer_stats(q_l, k_l, v_l, spec=spec, scale=m.scale, valid=valid, seed=seed, layer=layer,
+                               query_offset=m.query_offset)
         if target_kept is not None:
             margin = _bisect(measure, "kept_fraction", target_kept, increasing=True)
         elif target_mass is not None:

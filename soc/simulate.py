@@ -46,6 +46,7 @@ def _layer_rule(p: PruningConfig | LayerPruning, base: LayerRule | None) -> Laye
     threshold = pick("threshold")
     return LayerRule(rule=rule, target_kept_fraction=pick("target_kept_fraction"), threshold=threshold,
                      threshold_per_head=pick("threshold_per_head"), margin=pick("margin"), topk_keys=pick("topk_keys"),
+                     keep_sink_tokens=pick("keep_sink_tokens"), keep_recent_tokens=pick("keep_recent_tokens"),
                      granularity=getattr(p, "granularity", None) or getattr(base, "granularity", "head"))
 
 

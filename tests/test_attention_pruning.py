@@ -198,3 +198,35 @@ def test_pruning_spec_for_layer_and_threshold_precedence():
     assert rule.threshold_source == "fixed"
     listed = LayerRule("threshold", target_kept_fraction=0.25, threshold_per_head=[1, 2])
     assert listed.threshold_per_head == (1.0, 2.0)
+
+
+def test_sink_and_recent_tokens_survive_whatever_their_scores():
+    from soc.attention.exact import valid_mask
+    from soc.attention.pruning import prune_mask
+    from soc.attention.spec import LayerRule
+
+    valid = valid_mask(3, 5, causal=True, query_offset=2)  # rows sit at positions 2, 3, 4
+    approx = np.full((1, 3, 5), -100.0, dtype=np.float32)  # below any reference: the comparator keeps nothing
+    rule = LayerRule("threshold", threshold=0.0, keep_sink_tokens=1, keep_recent_tokens=2)
+    keep = prune_mask(approx, valid, rule, query_offset=2)[0]
+    expect = np.array([[1, 1, 1, 0, 0],    # sink 0, recent 1..2
+                       [1, 0, 1, 1, 0],    # sink 0, recent 2..3
+                       [1, 0, 0, 1, 1]], dtype=bool)
+    np.testing.assert_array_equal(keep, expect)
+    none_forced = prune_mask(approx, valid, LayerRule("threshold", threshold=0.0), query_offset=2)
+    assert not none_forced.any()
+
+
+def test_keeping_the_own_token_leaves_no_row_empty():
+    from soc.attention.functional import run_functional
+    from soc.attention.spec import LayerRule, PruningSpec
+
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((1, 2, 16, 8)).astype(np.float32) for _ in range(3))
+    common = dict(scale=8 ** -0.5, causal=True, query_offset=0, q_tile=4, k_tile=8, seed=0)
+    harsh = run_functional(q, k, v, pruning=PruningSpec(LayerRule("threshold", threshold=50.0)), **common)
+    guarded = run_functional(q, k, v, pruning=PruningSpec(LayerRule("threshold", threshold=50.0,
+                                                                    keep_recent_tokens=1)), **common)
+    assert harsh.accuracy["empty_rows"] == 2 * 16
+    assert guarded.accuracy["empty_rows"] == 0
+    assert guarded.accuracy["kept_pairs"] == 2 * 16  # exactly the diagonal

@@ -236,7 +236,8 @@ def run_functional(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, scale: float,
                 if inline:
                     frac = float(rule.target_kept_fraction)
                     thresholds[h0:h1] = calibrate_thresholds(approx, valid, frac, rule.granularity)
-                keep = prune_mask(approx, valid, rule, None if thresholds is None else thresholds[h0:h1])
+                keep = prune_mask(approx, valid, rule, None if thresholds is None else thresholds[h0:h1],
+                                  query_offset=query_offset)
                 del approx
                 out_pruned = weighted_sum(softmax_masked(logits, keep), v_h)
             tally.add_layer(layer, valid=valid, keep=keep, logits=logits, probs_exact=probs_exact,

@@ -108,8 +108,22 @@ def _topk_mask(approx: np.ndarray, valid: np.ndarray, rule: LayerRule) -> np.nda
     return keep
 
 
+def forced_keys(valid: np.ndarray, rule: LayerRule, query_offset: int | None = None) -> np.ndarray | None:
+    """(Sq, Sk) pairs kept whatever the scores: the first ``keep_sink_tokens`` keys and the
+    ``keep_recent_tokens`` keys ending at the query's own position (``query_offset`` + row; by default the
+    queries are the last rows, offset = seq_k - seq_q). None when the rule forces nothing."""
+    if not (rule.keep_sink_tokens or rule.keep_recent_tokens) or rule.rule == "none":
+        return None
+    seq_q, seq_k = valid.shape[-2:]
+    offset = seq_k - seq_q if query_offset is None else query_offset
+    own = np.arange(seq_q)[:, None] + offset
+    key = np.arange(seq_k)[None, :]
+    forced = (key < rule.keep_sink_tokens) | ((own - key >= 0) & (own - key < rule.keep_recent_tokens))
+    return forced & (valid if valid.ndim == 2 else valid.all(axis=0))
+
+
 def prune_mask(approx: np.ndarray, valid: np.ndarray, rule: LayerRule,
-               thresholds: np.ndarray | None = None) -> np.ndarray:
+               thresholds: np.ndarray | None = None, query_offset: int | None = None) -> np.ndarray:
     """Bool (H, Sq, Sk): the pairs that survive ``rule``; never a causally invalid pair.
 
     For a calibrated threshold rule, ``thresholds`` (H,) may be given (e.g. calibrated on another trace);
@@ -130,17 +144,24 @@ def prune_mask(approx: np.ndarray, valid: np.ndarray, rule: LayerRule,
             raise ValueError(f"thresholds: expected shape ({heads},), got {thr.shape}")
         keep = approx >= thr.astype(approx.dtype)[:, None, None]
         keep &= valid
-        return keep
+        return _with_forced(keep, valid, rule, query_offset)
     if rule.rule == "margin":
         row_max = np.where(valid, approx, -np.inf).max(axis=-1, keepdims=True)
         keep = approx >= (row_max - np.float32(rule.margin)).astype(approx.dtype)
         keep &= valid
-        return keep
+        return _with_forced(keep, valid, rule, query_offset)
     if rule.rule == "topk":
         keep = _topk_mask(approx, valid, rule)
         keep &= valid
-        return keep
+        return _with_forced(keep, valid, rule, query_offset)
     raise ValueError(f"rule: expected one of none, threshold, margin, topk, got {rule.rule!r}")
+
+
+def _with_forced(keep: np.ndarray, valid: np.ndarray, rule: LayerRule, query_offset: int | None) -> np.ndarray:
+    forced = forced_keys(valid, rule, query_offset)
+    if forced is not None:
+        keep |= forced
+    return keep
 
 
 def topk_count(n_valid: int, rule: LayerRule) -> int:

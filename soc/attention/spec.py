@@ -76,6 +76,8 @@ class LayerRule:
     margin: float | None = None
     topk_keys: int | None = None
     granularity: str = "head"
+    keep_sink_tokens: int = 0     # the first N keys always survive (attention sinks)
+    keep_recent_tokens: int = 0   # keys within N positions up to the query's own always survive (1: itself)
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
@@ -99,6 +101,10 @@ class LayerRule:
         if self.margin is not None and (not _is_real(self.margin) or self.margin < 0):
             raise SpecError(f"margin: expected a finite number >= 0 (softmax-logit units), "
                             f"got {self.margin!r}")
+        for name in ("keep_sink_tokens", "keep_recent_tokens"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 0:
+                raise SpecError(f"{name}: expected an integer >= 0, got {value!r}")
         if self.topk_keys is not None and (not _is_int(self.topk_keys) or self.topk_keys < 1):
             raise SpecError(f"topk_keys: expected an integer >= 1, got {self.topk_keys!r}")
         # Each rule needs its own parameter; say which one is missing.
@@ -135,6 +141,9 @@ class LayerRule:
                 out["topk_keys"] = self.topk_keys
             else:
                 out["target_kept_fraction"] = self.target_kept_fraction
+        if self.rule != "none" and (self.keep_sink_tokens or self.keep_recent_tokens):
+            out["keep_sink_tokens"] = self.keep_sink_tokens
+            out["keep_recent_tokens"] = self.keep_recent_tokens
         return out
 
 

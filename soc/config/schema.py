@@ -23,6 +23,8 @@ class LayerPruning:
     threshold_per_head: tuple[float, ...] | None = param(None, doc="Fixed references, one per head.")
     margin: float | None = param(None, ge=0.0, doc="Keep keys within this many logits of the row maximum.")
     topk_keys: int | None = param(None, ge=1, doc="Fixed number of keys kept per query row.")
+    keep_sink_tokens: int | None = param(None, ge=0, le=1_000_000, doc="First keys always kept.")
+    keep_recent_tokens: int | None = param(None, ge=0, le=1_000_000, doc="Keys up to the query's own always kept.")
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,12 @@ class PruningConfig:
     margin: float = param(4.0, ge=0.0, doc="Margin below the row maximum, softmax-logit units.")
     topk_keys: int | None = param(None, ge=1, doc="Fixed k for topk (overrides the fraction).")
     granularity: str = param("head", choices=("head", "layer"), doc="Threshold calibration granularity.")
+    keep_sink_tokens: int = param(0, ge=0, le=1_000_000,
+                                  doc="The first N keys always survive, whatever their score (attention sinks; "
+                                      "the digital side computes them without the comparator's say).")
+    keep_recent_tokens: int = param(0, ge=0, le=1_000_000,
+                                    doc="The N keys ending at the query's own position always survive (1: the "
+                                        "token itself), so no row is left empty.")
     calibration_trace: str | None = param(None, doc="Trace to calibrate thresholds on (default: the replayed "
                                                     "trace itself, which is optimistic).")
     per_layer: dict[int, LayerPruning] = param(default_factory=dict, doc="Overrides by layer index.")
