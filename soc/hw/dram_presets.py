@@ -29,16 +29,19 @@ from typing import Any, Mapping
 from soc.errors import ConfigError
 
 
-def _idd_energies(vdd: float, idd0: float, idd2n: float, idd3n: float, idd4r: float, idd4w: float,
-                  idd5ab: float, trc_ns: float, tras_ns: float, trp_ns: float, t_burst_ns: float,
-                  trfc_ns: float, devices: int) -> dict[str, float]:
-    return {
-        "activate_pj": vdd * (idd0 * trc_ns - (idd3n * tras_ns + idd2n * trp_ns)) * devices,
+def _preset(values: dict[str, Any], *, vdd: float, devices: int, idd0: float, idd2n: float, idd3n: float,
+            idd4r: float, idd4w: float, idd5ab: float) -> Mapping[str, Any]:
+    """A preset: its organization and timing, plus the energies its IDD currents imply with that timing."""
+    trc_ns = values["tras_ns"] + values["trp_ns"]
+    t_burst_ns = values["burst_length"] / (values["data_rate_mtps"] / 1000.0)  # transfers / (transfers per ns)
+    return MappingProxyType({
+        **values,
+        "activate_pj": vdd * (idd0 * trc_ns - (idd3n * values["tras_ns"] + idd2n * values["trp_ns"])) * devices,
         "read_burst_pj": vdd * (idd4r - idd3n) * t_burst_ns * devices,
         "write_burst_pj": vdd * (idd4w - idd3n) * t_burst_ns * devices,
-        "refresh_pj": vdd * (idd5ab - idd3n) * trfc_ns * devices,
+        "refresh_pj": vdd * (idd5ab - idd3n) * values["trfc_ns"] * devices,
         "background_mw": vdd * idd3n * devices,
-    }
+    })
 
 
 # --- LPDDR4-3200, one x16 channel ---------------------------------------------------------------------------
@@ -48,8 +51,7 @@ def _idd_energies(vdd: float, idd0: float, idd2n: float, idd3n: float, idd4r: fl
 # channel: 65536 rows; tRFCab 280 ns, tREFI 3.904 us. The same figures appear in Ramulator's LPDDR4_3200 speed
 # entry (src/LPDDR4.h) after its 1-cycle command convention and in REFERENCE.md section 7. IDD currents (VDD2
 # = 1.1 V, per x16 channel) are typical datasheet values of 8 Gb/channel parts: assumed.
-_LP4_T = {"trcd_ns": 18.0, "trp_ns": 18.0, "tras_ns": 42.0, "t_burst_ns": 5.0, "trfc_ns": 280.0}
-LPDDR4_3200: Mapping[str, Any] = MappingProxyType({
+LPDDR4_3200 = _preset({
     "standard": "LPDDR4-3200",
     "channels": 1, "banks_per_channel": 8, "bank_groups": 1, "rows_per_bank": 65536, "row_bytes": 2048,
     "bus_bytes": 2, "burst_length": 16, "data_rate_mtps": 3200.0,
@@ -59,11 +61,7 @@ LPDDR4_3200: Mapping[str, Any] = MappingProxyType({
     "address_mapping": "row:bank:channel:column",
     # unterminated LVSTL I/O, ~1 pJ/bit: assumed
     "io_pj_per_byte": 8.0,
-    **_idd_energies(vdd=1.1, idd0=55.0, idd2n=25.0, idd3n=35.0, idd4r=230.0, idd4w=220.0, idd5ab=150.0,
-                    trc_ns=_LP4_T["tras_ns"] + _LP4_T["trp_ns"], tras_ns=_LP4_T["tras_ns"],
-                    trp_ns=_LP4_T["trp_ns"], t_burst_ns=_LP4_T["t_burst_ns"], trfc_ns=_LP4_T["trfc_ns"],
-                    devices=1),
-})
+}, vdd=1.1, devices=1, idd0=55.0, idd2n=25.0, idd3n=35.0, idd4r=230.0, idd4w=220.0, idd5ab=150.0)
 
 # --- DDR4-3200AA, one 64-bit channel of x8 devices ----------------------------------------------------------
 # DRAMsim3 configs/DDR4_8Gb_x8_3200.ini (JESD79-4 3200AA, 22-22-22): tCK 0.625 ns, CL = tRCD = tRP = 22 tCK =
@@ -74,8 +72,7 @@ LPDDR4_3200: Mapping[str, Any] = MappingProxyType({
 # IDD4R 168, IDD4W 150, IDD5AB 250 mA from the same file.
 # Default mapping puts the bank group right above the burst offset so a sequential stream alternates bank
 # groups (tCCD_S) as DDR4 controllers do; keeping a stream in one bank group would be limited by tCCD_L.
-_DDR4_T = {"trcd_ns": 13.75, "trp_ns": 13.75, "tras_ns": 32.5, "t_burst_ns": 2.5, "trfc_ns": 350.0}
-DDR4_3200: Mapping[str, Any] = MappingProxyType({
+DDR4_3200 = _preset({
     "standard": "DDR4-3200AA",
     "channels": 1, "banks_per_channel": 16, "bank_groups": 4, "rows_per_bank": 65536, "row_bytes": 8192,
     "bus_bytes": 8, "burst_length": 8, "data_rate_mtps": 3200.0,
@@ -85,11 +82,7 @@ DDR4_3200: Mapping[str, Any] = MappingProxyType({
     "address_mapping": "row:bank:column:bankgroup:channel",
     # terminated POD12 I/O on a DIMM, ~3 pJ/bit: assumed
     "io_pj_per_byte": 24.0,
-    **_idd_energies(vdd=1.2, idd0=57.0, idd2n=37.0, idd3n=52.0, idd4r=168.0, idd4w=150.0, idd5ab=250.0,
-                    trc_ns=_DDR4_T["tras_ns"] + _DDR4_T["trp_ns"], tras_ns=_DDR4_T["tras_ns"],
-                    trp_ns=_DDR4_T["trp_ns"], t_burst_ns=_DDR4_T["t_burst_ns"], trfc_ns=_DDR4_T["trfc_ns"],
-                    devices=8),
-})
+}, vdd=1.2, devices=8, idd0=57.0, idd2n=37.0, idd3n=52.0, idd4r=168.0, idd4w=150.0, idd5ab=250.0)
 
 # --- HBM2, one stack of 8 legacy 128-bit channels at 2.0 Gb/s per pin ---------------------------------------
 # DRAMsim3 configs/HBM2_8Gb_x128.ini (JESD235): tCK 1 ns, CL = tRCD = tRP = 14 ns, CWL 4 ns, tRAS 34 ns, tWR
@@ -97,8 +90,7 @@ DDR4_3200: Mapping[str, Any] = MappingProxyType({
 # 30 ns, tRFC 260 ns, tREFI 3.9 us; 4 bank groups x 4 banks, 32768 rows, 64 columns x 128 bits = 1 KB page;
 # BL4 on 128 DQ = 64 bytes per burst in 2 ns (32 GB/s per channel, 256 GB/s per stack). IDD (VDD 1.2 V, per
 # channel): IDD0 65, IDD2N 40, IDD3N 55, IDD4R 390, IDD4W 500, IDD5AB 250 mA from the same file.
-_HBM2_T = {"trcd_ns": 14.0, "trp_ns": 14.0, "tras_ns": 34.0, "t_burst_ns": 2.0, "trfc_ns": 260.0}
-HBM2: Mapping[str, Any] = MappingProxyType({
+HBM2 = _preset({
     "standard": "HBM2",
     "channels": 8, "banks_per_channel": 16, "bank_groups": 4, "rows_per_bank": 32768, "row_bytes": 1024,
     "bus_bytes": 16, "burst_length": 4, "data_rate_mtps": 2000.0,
@@ -109,11 +101,7 @@ HBM2: Mapping[str, Any] = MappingProxyType({
     "address_mapping": "row:bankgroup:bank:channel:column",
     # short interposer wires, ~0.5 pJ/bit: assumed
     "io_pj_per_byte": 4.0,
-    **_idd_energies(vdd=1.2, idd0=65.0, idd2n=40.0, idd3n=55.0, idd4r=390.0, idd4w=500.0, idd5ab=250.0,
-                    trc_ns=_HBM2_T["tras_ns"] + _HBM2_T["trp_ns"], tras_ns=_HBM2_T["tras_ns"],
-                    trp_ns=_HBM2_T["trp_ns"], t_burst_ns=_HBM2_T["t_burst_ns"], trfc_ns=_HBM2_T["trfc_ns"],
-                    devices=1),
-})
+}, vdd=1.2, devices=1, idd0=65.0, idd2n=40.0, idd3n=55.0, idd4r=390.0, idd4w=500.0, idd5ab=250.0)
 
 PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
     "lpddr4-3200": LPDDR4_3200,
