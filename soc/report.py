@@ -44,10 +44,9 @@ def build_report(cfg: SocConfig, trace, shape: Shape, func, stats, *, wall_s: fl
     dense = traffic_totals(demand(func.dense_chunks, dense_cfg, shape, stats.placement), stats.placement)
     # blocks with statistics of their own (the banked DRAM's row buffers) report them under "memory"
     memory = {name: b.extra_report() for name, b in blocks.items() if hasattr(b, "extra_report")}
-    # K/V reuse: rows the digital side needed that were already on chip (resident placement)
-    mine = demand(func.chunks, cfg, shape, stats.placement)
+    # K/V reuse: share of the rows the digital side needed that were already on chip (resident or reuse)
     needed = float(func.chunks["union_keys"].sum())
-    kv_reuse = 1.0 - float(mine["kv_fetch_rows"].sum()) / needed if needed > 0 else None
+    kv_reuse = 1.0 - stats.kv_rows_fetched / needed if needed > 0 else None
     dram_h = measured["dram_read_bytes"] + measured["dram_write_bytes"]
     sram_h = measured["sram_read_bytes"] + measured["sram_write_bytes"]
     traffic = {**measured, "dense": dense, "savings": {

@@ -55,6 +55,7 @@ class SimStats:
     counts: dict[str, dict[str, float]] = field(default_factory=dict)
     link_bytes: dict[str, float] = field(default_factory=dict)
     token_buffer_peak: int = 0
+    kv_rows_fetched: float = 0.0  # K/V rows brought from DRAM (for the reuse hit rate)
 
 
 class System:
@@ -240,6 +241,7 @@ class System:
     def run(self, chunks: dict[str, np.ndarray]) -> SimStats:
         wall0 = time.perf_counter()
         table = self.timing_table(chunks)
+        self._kv_rows_fetched = float(table["kv_fetch_rows"].sum())
         cols = [np.asarray(chunks[k] if k in chunks else table[k]) for k in _ROW]
         owner = (chunks["layer"] * self.shape.heads + chunks["head"]) % self.pairs  # heads round-robin
         procs = []
@@ -266,19 +268,17 @@ class System:
         stats = SimStats(latency_ns=end, events=_events(self.env), wall_s=wall_s, placement=self.placement,
                          key_tile=self.key_tile, blocks=dict(self.blocks))
         for name, block in self.blocks.items():
-            stats.busy_ns[name] = block.busy_ns()
-            stats.utilization[name] = block.busy_ns() / end if end > 0 else 0.0
+            busy = block.busy_ns()
+            stats.busy_ns[name] = busy
+            stats.utilization[name] = busy / end if end > 0 else 0.0
             stats.counts[name] = dict(block.counts)
-        for bank in self.sram.bank_ports:
-            stats.busy_ns[bank.name] = bank.busy_ns
-        for port in self.net.link_ports.values():
-            stats.busy_ns[port.name] = port.busy_ns
-        for block in self.blocks.values():
+        for block in (*self.blocks.values(), self.net):  # and every port on its own track
             for port in block.ports:
                 stats.busy_ns.setdefault(port.name, port.busy_ns)
         stats.utilization.update({f"link {k}": v for k, v in self.net.link_utilization(end).items()})
         stats.link_bytes = {f"{u}->{v}": b for (u, v), b in self.net.link_bytes.items()}
         stats.token_buffer_peak = max(b.peak for b in self.buffers)
+        stats.kv_rows_fetched = self._kv_rows_fetched
         stats.blocks["interconnect"] = self.net
         return stats
 

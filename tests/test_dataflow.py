@@ -45,3 +45,5 @@ def test_each_placement_counts_in_the_event_loop_what_the_demand_says(placement,
         assert res.report["traffic"][key] == pytest.approx(value), key
     rate = res.report["traffic"]["kv_reuse_hit_rate"]
     assert (rate == 0.0) if placement == "stream" else (0.0 < rate < 1.0)
+    fetched = demand(res.functional.chunks, cfg, shape_of(small_trace), res.stats.placement)["kv_fetch_rows"].sum()
+    assert rate == pytest.approx(1.0 - fetched / res.functional.chunks["union_keys"].sum())
