@@ -212,7 +212,8 @@ def write_outputs(table: list[dict[str, Any]], out: Path, trace_desc: str, *,
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            print("soc compare: compare.png skipped: matplotlib is not installed (pip install 'soc[plots]')",
+            print("soc compare: compare.png skipped: matplotlib is not installed "
+                  "(pip install -e '.[plots]' in the soc checkout)",
                   file=sys.stderr)
         else:
             _plot(table, out / "compare.png")

@@ -29,7 +29,7 @@ def require_matplotlib() -> Any:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise SocError("--plots needs matplotlib: pip install 'soc[plots]'") from None
+        raise SocError("--plots needs matplotlib: pip install -e '.[plots]' in the soc checkout") from None
     return plt
 
 

@@ -68,7 +68,7 @@ def test_missing_matplotlib_is_a_one_line_error(monkeypatch):
     from soc.plots import require_matplotlib
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    with pytest.raises(SocError, match=r"pip install 'soc\[plots\]'"):
+    with pytest.raises(SocError, match=r"pip install -e '\.\[plots\]'"):
         require_matplotlib()
 
 

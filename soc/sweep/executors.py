@@ -220,7 +220,8 @@ class DaskExecutor:
         try:
             from distributed import Client, LocalCluster
         except ImportError:
-            raise SocError("--executor dask: needs the dask extra (pip install 'soc[dask]')") from None
+            raise SocError("--executor dask: needs the dask extra "
+                           "(pip install -e '.[dask]' in the soc checkout)") from None
         if self.scheduler is None:
             cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
                                    dashboard_address=None, silence_logs=50)

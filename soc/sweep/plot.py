@@ -57,7 +57,8 @@ def plot_pareto(rows: Sequence[Mapping[str, str]], path: str | Path, *, title: s
         from matplotlib.lines import Line2D
     except ImportError:
         if warn is not None:
-            warn.write(f"sweep: {path} skipped: matplotlib is not installed (pip install 'soc[plots]')\n")
+            warn.write(f"sweep: {path} skipped: matplotlib is not installed "
+                       "(pip install -e '.[plots]' in the soc checkout)\n")
         return None
     lat_us = _floats(ok, "latency_ns") * 1e-3
     en_uj = _floats(ok, "energy_j") * 1e6

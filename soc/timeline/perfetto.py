@@ -35,7 +35,7 @@ def _pb():
         from perfetto.trace_builder.proto_builder import TraceProtoBuilder
     except ImportError:
         raise SocError("--timeline *.pftrace needs the perfetto and protobuf packages: "
-                       "pip install 'soc[timeline]' (or write a .json Chrome trace)") from None
+                       "pip install -e '.[timeline]' in the soc checkout (or write a .json Chrome trace)") from None
     return pb, TraceProtoBuilder
 
 
