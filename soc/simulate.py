@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-
 from soc.attention.functional import FunctionalResult, run_functional
 from soc.attention.spec import CimQuantSpec, LayerRule, PruningSpec
 from soc.config.schema import LayerPruning, PruningConfig, SocConfig
@@ -40,14 +39,15 @@ class Result:
         return self.report[key]
 
 
+# the fields a per-layer override may set; an unset (None) one inherits the default rule's value
+_RULE_FIELDS = ("rule", "target_kept_fraction", "threshold", "threshold_per_head", "margin", "topk_keys",
+                "keep_sink_tokens", "keep_recent_tokens")
+
+
 def _layer_rule(p: PruningConfig | LayerPruning, base: LayerRule | None) -> LayerRule:
-    pick = lambda name: getattr(p, name) if getattr(p, name) is not None else getattr(base, name, None)  # noqa: E731
-    rule = pick("rule")
-    threshold = pick("threshold")
-    return LayerRule(rule=rule, target_kept_fraction=pick("target_kept_fraction"), threshold=threshold,
-                     threshold_per_head=pick("threshold_per_head"), margin=pick("margin"), topk_keys=pick("topk_keys"),
-                     keep_sink_tokens=pick("keep_sink_tokens"), keep_recent_tokens=pick("keep_recent_tokens"),
-                     granularity=getattr(p, "granularity", None) or getattr(base, "granularity", "head"))
+    values = {f: getattr(p, f) if getattr(p, f) is not None else getattr(base, f, None) for f in _RULE_FIELDS}
+    granularity = getattr(p, "granularity", None) or getattr(base, "granularity", "head")
+    return LayerRule(**values, granularity=granularity)
 
 
 def pruning_spec(cfg: SocConfig) -> PruningSpec:
