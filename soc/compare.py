@@ -82,9 +82,8 @@ def rows(results, paths: Sequence[str | None] | None = None) -> list[dict[str, A
         r, cfg = res.report, res.config
         t, e, u = r["traffic"], r["energy"], r["utilization"]
         mem = memory_stats(res)
-        dram = cfg.dram.kind
-        if cfg.dram.kind == "banked":
-            dram = f"{mem.get('standard', cfg.dram.preset)} x{mem.get('channels', '')}"
+        # a DRAM model with a standard part says which (its own statistics); else the block model's name
+        dram = f"{mem['standard']} x{mem.get('channels', '')}" if "standard" in mem else cfg.dram.kind
         row: dict[str, Any] = {
             "config": _label(cfg, path, taken), "dram": dram, "kv_placement": t.get("kv_placement"),
             "sram_kib": cfg.sram.capacity_bytes / 1024,

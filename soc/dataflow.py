@@ -15,7 +15,7 @@ import numpy as np
 
 from soc.config.schema import SocConfig
 from soc.errors import WiringError
-from soc.hw.cim import RULE_CODES
+from soc.rules import RULE_CODES, scoring_passes
 
 
 @dataclass(frozen=True)
@@ -184,7 +184,7 @@ def demand(chunks: dict[str, np.ndarray], cfg: SocConfig, shape: Shape, placemen
     zeros = np.zeros(n)
     # the array is rewritten for every chunk when a head has several key tiles (query-outer order), else once
     # per head; a margin rule over several tiles scores every chunk twice, so it loads every tile twice
-    passes = np.where((codes == RULE_CODES["margin"]) & (tiles_per_head > 1), 2.0, 1.0)
+    passes = scoring_passes(codes, tiles_per_head)
     loads = np.where(tiles_per_head > 1, passes, new_head.astype(np.float64)) if cim_on else zeros
     msb_bytes_per_key = hd * cfg.cim.key_bits / 8.0
     first_use = _first_occurrence(head_id, ktile)

@@ -10,13 +10,15 @@ against a dense accelerator. Energy includes static power over the run; ``tops_p
 from __future__ import annotations
 
 import platform
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from soc.config.loader import config_to_dict
-from soc.config.schema import SocConfig
-from soc.dataflow import Shape, demand, traffic_totals
+from soc.dataflow import traffic_totals
+
+if TYPE_CHECKING:
+    from soc.simulate import Result
 
 SCHEMA = "soc.report/1"
 TRAFFIC_KEYS = ("dram_read_bytes", "dram_write_bytes", "sram_read_bytes", "sram_write_bytes")
@@ -26,9 +28,12 @@ def _ratio(a: float, b: float) -> float | None:
     return a / b if b > 0 else None
 
 
-def build_report(cfg: SocConfig, trace, shape: Shape, func, stats, *, wall_s: float) -> dict[str, Any]:
-    from soc.simulate import dense_config  # local: simulate imports this module
-
+def build_report(result: "Result") -> dict[str, Any]:
+    """report.json of a finished run: read from the Result, nothing recomputed."""
+    if result.stats is None:
+        raise ValueError(f"no report: the run failed ({result.error!r})")
+    cfg, shape, func, stats = result.config, result.shape, result.functional, result.stats
+    wall_s = result.wall_s
     latency_ns = stats.latency_ns
     blocks = stats.blocks
     counts = stats.counts
@@ -40,8 +45,7 @@ def build_report(cfg: SocConfig, trace, shape: Shape, func, stats, *, wall_s: fl
         "dram_read_bytes": counts["dram"].get("read_bytes", 0.0), "dram_write_bytes": counts["dram"].get("write_bytes", 0.0),
         "sram_read_bytes": counts["sram"].get("read_bytes", 0.0), "sram_write_bytes": counts["sram"].get("write_bytes", 0.0),
     }
-    dense_cfg = dense_config(cfg)
-    dense = traffic_totals(demand(func.dense_chunks, dense_cfg, shape, stats.placement), stats.placement)
+    dense = traffic_totals(result.dense_demand, stats.placement)
     # blocks with statistics of their own (the banked DRAM's row buffers) report them under "memory"
     memory = {name: b.extra_report() for name, b in blocks.items() if hasattr(b, "extra_report")}
     # K/V reuse: share of the rows the digital side needed that were already on chip (resident or reuse)
@@ -68,10 +72,11 @@ def build_report(cfg: SocConfig, trace, shape: Shape, func, stats, *, wall_s: fl
     by_block: dict[str, float] = {}
     detail: dict[str, dict[str, float]] = {}
     static_j: dict[str, float] = {}
-    for name, block in blocks.items():
+    results = stats.results  # every block's own result() hook
+    for name, res in results.items():
         group = name.rstrip("0123456789")
-        dyn = {k: v * 1e-12 for k, v in block.dynamic_energy_pj().items()}
-        stat = block.static_mw * 1e-3 * seconds
+        dyn = {k: v * 1e-12 for k, v in res["energy_pj"].items()}
+        stat = res["static_mw"] * 1e-3 * seconds
         by_block[group] = by_block.get(group, 0.0) + sum(dyn.values()) + stat
         static_j[group] = static_j.get(group, 0.0) + stat
         d = detail.setdefault(group, {})
@@ -94,9 +99,9 @@ def build_report(cfg: SocConfig, trace, shape: Shape, func, stats, *, wall_s: fl
 
     # --- area --------------------------------------------------------------------------------------------------
     area_by: dict[str, float] = {}
-    for name, block in blocks.items():
+    for name, res in results.items():
         group = name.rstrip("0123456789")
-        area_by[group] = area_by.get(group, 0.0) + block.area_mm2
+        area_by[group] = area_by.get(group, 0.0) + res["area_mm2"]
     area_by["other"] = cfg.other_area_mm2
     total_mm2 = sum(area_by.values())
     gops = performed_ops / latency_ns if latency_ns > 0 else 0.0  # ops per ns = GOPS
@@ -115,14 +120,14 @@ def build_report(cfg: SocConfig, trace, shape: Shape, func, stats, *, wall_s: fl
     links = [u for n, u in util.items() if n.startswith("link ")]
     utilization["links"] = max(links) if links else 0.0
 
-    m = trace.meta
+    m = result.trace_meta
     query_rows = shape.layers * shape.heads * shape.seq_q
     return {
         "schema": SCHEMA,
         "config": config_to_dict(cfg),
         "workload": {"model": m.model, "source": m.source, "seq_len": shape.seq_k, "seq_q": shape.seq_q,
                      "layers": shape.layers, "heads": shape.heads, "kv_heads": m.kv_heads, "head_dim": hd,
-                     "causal": m.causal, "trace": getattr(trace, "path", None)},
+                     "causal": m.causal, "trace": result.trace_path},
         "time": {"latency_ns": latency_ns, "cycles": int(round(latency_ns * cfg.digital.clock_ghz)),
                  "clock_ghz": cfg.digital.clock_ghz, "busy_ns": stats.busy_ns},
         "throughput": {"gops": gops, "effective_gops": dense_ops / latency_ns if latency_ns > 0 else 0.0,
@@ -131,7 +136,7 @@ def build_report(cfg: SocConfig, trace, shape: Shape, func, stats, *, wall_s: fl
         "pruning": {"kept_fraction": func.accuracy["kept_fraction"], "per_layer": func.per_layer,
                     "rule": cfg.pruning.rule if cfg.cim.enabled else "none",
                     "q_tile_rows": cfg.dataflow.q_tile_rows, "key_tile_keys": stats.key_tile},
-        "accuracy": dict(func.accuracy),
+        "accuracy": {**func.accuracy, **({"model": result.model_accuracy} if result.model_accuracy is not None else {})},
         "utilization": utilization,
         "utilization_by_instance": util,
         "traffic": traffic,

@@ -1,4 +1,8 @@
-"""One simulation, end to end: functional pass (numpy) -> timing (SimPy) -> report.
+"""One simulation, end to end: functional pass (numpy) -> timing (SimPy) -> a ``Result``.
+
+The ``Result`` is assembled here and only here: the resolved config, the demand tables (the run's and the
+dense counterfactual's, each computed once), every block's own result, the functional metrics, end time,
+wall time, and the exception if one happened. ``soc/report.py`` turns it into report.json.
 
     import soc
     cfg = soc.load_config("configs/hybrid65nm.yaml", ["pruning.target_kept_fraction=0.3"])
@@ -12,25 +16,51 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
+
+import numpy as np
 
 from soc.attention.functional import FunctionalResult, run_functional
 from soc.attention.spec import CimQuantSpec, LayerRule, PruningSpec
 from soc.config.schema import LayerPruning, PruningConfig, SocConfig
-from soc.dataflow import Shape
+from soc.dataflow import Shape, demand
 from soc.errors import ConfigError, TraceError
 from soc.recorder import OFF, Recorder
-from soc.report import build_report
 from soc.system import SimStats, System
 
 
 @dataclass
 class Result:
-    """A finished run: the report (report.json as a dict), plus the raw pieces it was built from."""
-    report: dict[str, Any]
-    functional: FunctionalResult
-    stats: SimStats
+    """A finished run. ``report`` (report.json as a dict) is made from it once, on first use, and never edited.
+
+    ``stats`` holds the blocks, their ``result()`` hooks, the run's demand table, end time and events;
+    ``dense_demand`` is the dense counterfactual's demand table (same SoC, no pruning), computed once here.
+    """
     config: SocConfig
+    shape: Shape
+    trace_meta: Any
+    trace_path: str | None
+    functional: FunctionalResult
+    stats: SimStats | None
+    dense_demand: dict[str, np.ndarray] | None
+    model_accuracy: dict[str, Any] | None
+    wall_s: float
+    error: BaseException | None = None
+
+    @property
+    def demand(self) -> dict[str, np.ndarray]:
+        return self.stats.demand if self.stats is not None else {}
+
+    @property
+    def end_ns(self) -> float:
+        return self.stats.latency_ns if self.stats is not None else 0.0
+
+    @cached_property
+    def report(self) -> dict[str, Any]:
+        from soc.report import build_report  # the face that turns a Result into report.json
+
+        return build_report(self)
 
     def to_dict(self) -> dict[str, Any]:
         return self.report
@@ -78,7 +108,8 @@ def simulate(cfg: SocConfig, trace, *, recorder: Recorder = OFF, seed: int | Non
     """Run ``trace`` on the SoC ``cfg``; ``seed`` (default ``cfg.seed``) drives the analog noise only.
 
     With ``model_accuracy`` and a trace captured from a model that is installed, the model is re-run with the
-    same pruning in every layer and its task metric lands in ``report["accuracy"]["model"]``.
+    same pruning in every layer and its task metric lands in ``result.model_accuracy`` (report
+    ``accuracy.model``).
     ``functional`` reuses the functional pass of an earlier run with the same pruning, tiles and seed (configs
     that differ only in timing, e.g. memory hierarchies, prune alike).
     """
@@ -107,13 +138,20 @@ def simulate(cfg: SocConfig, trace, *, recorder: Recorder = OFF, seed: int | Non
         trace.q, trace.k, trace.v, scale=m.scale, causal=m.causal, query_offset=m.query_offset, pruning=spec,
         q_tile=cfg.dataflow.q_tile_rows, k_tile=system.key_tile, seed=seed, keep_output=keep_output,
         keep_masks=keep_masks, calibration=calibration)
-    stats = system.run(func.chunks)
-    report = build_report(cfg, trace, shape, func, stats, wall_s=time.perf_counter() - wall0)
+    def result(stats, dense, task, error=None) -> Result:
+        return Result(config=cfg, shape=shape, trace_meta=m, trace_path=getattr(trace, "path", None),
+                      functional=func, stats=stats, dense_demand=dense, model_accuracy=task,
+                      wall_s=time.perf_counter() - wall0, error=error)
+
+    try:
+        stats = system.run(func.chunks)
+    except Exception as exc:  # the partial result travels with the exception
+        exc.result = result(None, None, None, exc)  # type: ignore[attr-defined]
+        raise
+    dense = demand(func.dense_chunks, dense_config(cfg), shape, stats.placement)
+    task = None
     if model_accuracy:
         from soc.model_accuracy import model_accuracy as evaluate
 
         task = evaluate(trace, spec, func, seed)
-        if task is not None:
-            report["accuracy"]["model"] = task
-        report["sim"]["wall_s"] = time.perf_counter() - wall0
-    return Result(report=report, functional=func, stats=stats, config=cfg)
+    return result(stats, dense, task)

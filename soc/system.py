@@ -56,6 +56,9 @@ class SimStats:
     link_bytes: dict[str, float] = field(default_factory=dict)
     token_buffer_peak: int = 0
     kv_rows_fetched: float = 0.0  # K/V rows brought from DRAM (for the reuse hit rate)
+    demand: dict[str, np.ndarray] = field(default_factory=dict)  # the run's demand table, per chunk
+    pairs: int = 1  # CIM/digital pairs; heads go to them round-robin (``pair_of``)
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)  # every block's own result() hook
 
 
 class System:
@@ -83,7 +86,7 @@ class System:
                         for i in range(self.pairs)]
         self.sram = make("sram", cfg.sram.kind)(env, "sram", cfg.sram, rec)
         self.dram = make("dram", cfg.dram.kind)(env, "dram", cfg.dram, rec)
-        self.net = make("interconnect", "graph")(env, "interconnect", resolve_interconnect(cfg), rec)
+        self.net = make("interconnect", cfg.interconnect.kind)(env, "interconnect", resolve_interconnect(cfg), rec)
         self.blocks: dict[str, Block] = {b.name: b for b in (*self.cims, *self.digitals, *self.buffers,
                                                                self.sram, self.dram)}
         self.memories = {"sram": self.sram, "dram": self.dram}
@@ -241,9 +244,10 @@ class System:
     def run(self, chunks: dict[str, np.ndarray]) -> SimStats:
         wall0 = time.perf_counter()
         table = self.timing_table(chunks)
+        self._demand = table
         self._kv_rows_fetched = float(table["kv_fetch_rows"].sum())
         cols = [np.asarray(chunks[k] if k in chunks else table[k]) for k in _ROW]
-        owner = (chunks["layer"] * self.shape.heads + chunks["head"]) % self.pairs  # heads round-robin
+        owner = pair_of(chunks, self.shape.heads, self.pairs)
         procs = []
         for i in range(self.pairs):
             idx = np.flatnonzero(owner == i)
@@ -280,7 +284,15 @@ class System:
         stats.token_buffer_peak = max(b.peak for b in self.buffers)
         stats.kv_rows_fetched = self._kv_rows_fetched
         stats.blocks["interconnect"] = self.net
+        stats.demand = self._demand
+        stats.pairs = self.pairs
+        stats.results = {name: block.result() for name, block in stats.blocks.items()}
         return stats
+
+
+def pair_of(chunks: dict[str, np.ndarray], heads: int, pairs: int) -> np.ndarray:
+    """The CIM/digital pair that runs each chunk: (layer, head) round-robin over the pairs."""
+    return (chunks["layer"] * heads + chunks["head"]) % pairs
 
 
 def _rows(cols: list[np.ndarray], idx: np.ndarray, block: int = 4096) -> Iterator[tuple]:
@@ -297,3 +309,45 @@ def _events(env: simpy.Environment) -> int:
     if eid is None:
         return 0
     return int(next(eid))
+
+
+def tile_events(stats: SimStats, chunks: dict[str, np.ndarray], heads: int
+                ) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """Every block group's events per chunk, in the block's own counter names, split into the CIM side (query
+    and key loads, scoring, the keep bitmap) and the digital side (K/V fetch, compute, output): what the stages
+    above count, tile by tile, from the run's demand table. Summed over chunks they are the blocks' counters
+    (the timeline books energy with them; tests hold the two equal)."""
+    d, on_chip = stats.demand, stats.placement.msb_on_chip
+    zero = np.zeros(len(chunks["layer"]))
+    msb_dram = d["kmsb_fetch_bytes"] + (zero if on_chip else d["kmsb_load_bytes"])
+    msb_sram = d["kmsb_load_bytes"] if on_chip else zero
+    out: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+        "cim": ({"macs": d["cim_macs"], "compares": d["cim_compares"], "write_bits": d["array_write_bits"]}, {}),
+        "token_buffer": ({"bytes": d["mask_bytes"]}, {}),
+        "digital": ({}, {"macs": d["digital_macs"], "exps": d["digital_exps"]}),
+        "dram": ({"read_bytes": d["q_load_bytes"] + msb_dram},
+                 {"read_bytes": d["kv_fetch_bytes"], "write_bytes": d["out_bytes"]}),
+        "sram": ({"write_bytes": d["q_load_bytes"] + d["kmsb_fetch_bytes"], "read_bytes": d["q_msb_bytes"] + msb_sram},
+                 {"write_bytes": d["kv_fetch_bytes"] + d["out_bytes"], "read_bytes": d["kv_read_bytes"] + d["out_bytes"]}),
+    }
+    # links: the bytes of every transfer on each hop of its pair's route
+    net = stats.blocks["interconnect"]
+    pair = pair_of(chunks, heads, stats.pairs).astype(np.int64)
+    msb_src = "sram" if on_chip else "dram"
+    sides = ([("dram", "sram", d["q_load_bytes"]), ("sram", "cim#", d["q_msb_bytes"]),
+              ("dram", "sram", d["kmsb_fetch_bytes"]), (msb_src, "cim#", d["kmsb_load_bytes"]),
+              ("cim#", "digital#", d["mask_bytes"])],
+             [("dram", "sram", d["kv_fetch_bytes"]), ("sram", "digital#", d["kv_read_bytes"]),
+              ("digital#", "sram", d["out_bytes"]), ("sram", "dram", d["out_bytes"])])
+    hops: list[dict[Any, np.ndarray]] = [{}, {}]
+    for side, transfers in zip(hops, sides):
+        for src, dst, nbytes in transfers:
+            if not nbytes.any():
+                continue
+            for i in range(stats.pairs):
+                route = net.routes.get((src.replace("#", str(i)), dst.replace("#", str(i))), [])
+                mine = np.where(pair == i, nbytes, 0.0)
+                for hop in route:
+                    side[hop] = side.get(hop, zero) + mine
+    out["interconnect"] = (hops[0], hops[1])
+    return out

@@ -12,7 +12,7 @@ import re
 import reprlib
 import types
 import typing
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from soc.errors import ConfigError
 
@@ -50,13 +50,20 @@ def one_line(text: Any, limit: int = 200) -> str:
 
 
 def param(default: Any = _MISSING, *, doc: str = "", ge: float | None = None, gt: float | None = None,
-          le: float | None = None, lt: float | None = None, choices: tuple[Any, ...] | None = None,
+          le: float | None = None, lt: float | None = None,
+          choices: tuple[Any, ...] | Callable[[], tuple[Any, ...]] | None = None,
           default_factory: Any = _MISSING) -> Any:
     """A dataclass field with a documented range; the loader enforces it."""
     meta = {"doc": doc, "ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices}
     if default_factory is not _MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
+
+
+def choices_of(meta: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    """A field's allowed values; a callable gives them late (block kinds come from the block registry)."""
+    choices = meta.get("choices")
+    return choices() if callable(choices) else choices
 
 
 def _describe(tp: Any) -> str:
@@ -93,7 +100,7 @@ def _range_text(meta: Mapping[str, Any]) -> str:
 
 
 def _check_range(value: Any, meta: Mapping[str, Any], where: str, what: str) -> None:
-    choices = meta.get("choices")
+    choices = choices_of(meta)
     if choices is not None and value not in choices:
         raise ConfigError(f"{where}: expected one of {', '.join(map(str, choices))}, got {show(value)}")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -238,7 +245,7 @@ def field_docs(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
         default = f.default if f.default is not _MISSING else ("(required)" if f.default_factory is _MISSING
                                                                else to_dict(f.default_factory()))
         rng = _range_text(f.metadata) if f.metadata else ""
-        choices = f.metadata.get("choices") if f.metadata else None
+        choices = choices_of(f.metadata) if f.metadata else None
         doc = f.metadata.get("doc", "") if f.metadata else ""
         if choices:
             doc += f" One of: {', '.join(map(str, choices))}."

@@ -14,6 +14,16 @@ from soc.config.fields import param
 RULES = ("none", "threshold", "margin", "topk")
 
 
+def registered_kinds(section: str):
+    """The allowed ``kind`` values of a section, asked of the block registry (soc/hw) when a config is checked:
+    a new block kind registers itself and is accepted here without an edit."""
+    def choices() -> tuple[str, ...]:
+        from soc.hw import kinds
+
+        return kinds(section)
+    return choices
+
+
 @dataclass(frozen=True)
 class LayerPruning:
     """A per-layer override of the pruning rule; unset fields inherit the default rule's values."""
@@ -69,7 +79,7 @@ class DataflowConfig:
 
 @dataclass(frozen=True)
 class CimConfig:
-    kind: str = param("charge_cim", choices=("charge_cim", "digital_predictor"),
+    kind: str = param("charge_cim", choices=registered_kinds("cim"),
                       doc="charge_cim: the analog array; digital_predictor: a SpAtten-like digital unit that "
                           "computes the MSB scores with predictor_lanes 4-bit MACs per cycle.")
     enabled: bool = param(True, doc="false: no pruning stage; the digital processor computes every pair.")
@@ -101,7 +111,7 @@ class CimConfig:
 
 @dataclass(frozen=True)
 class TokenBufferConfig:
-    kind: str = param("fifo", choices=("fifo",), doc="Block model.")
+    kind: str = param("fifo", choices=registered_kinds("token_buffer"), doc="Block model.")
     depth_entries: int = param(8, ge=0, le=1_000_000, doc="Kept-token lists (one per tile) it holds.")
     access_pj_per_byte: float = param(0.05, ge=0.0, doc="Energy per byte written or read.")
     static_mw: float = param(0.1, ge=0.0)
@@ -110,7 +120,7 @@ class TokenBufferConfig:
 
 @dataclass(frozen=True)
 class DigitalConfig:
-    kind: str = param("mac_array", choices=("mac_array",), doc="Block model.")
+    kind: str = param("mac_array", choices=registered_kinds("digital"), doc="Block model.")
     clock_ghz: float = param(1.1, gt=0.0, le=10.0, doc="Digital clock.")
     mac_lanes: int = param(64, ge=1, doc="MACs per cycle (Q.K and P.V share them).")
     softmax_lanes: int = param(4, ge=1, doc="exp evaluations per cycle (pipelined beside the MACs).")
@@ -123,7 +133,7 @@ class DigitalConfig:
 
 @dataclass(frozen=True)
 class SramConfig:
-    kind: str = param("banked", choices=("banked",), doc="Block model.")
+    kind: str = param("banked", choices=registered_kinds("sram"), doc="Block model.")
     banks: int = param(8, ge=1, le=1024, doc="Independent banks, one port each.")
     bank_bytes: int = param(8192, ge=64, doc="Capacity per bank.")
     width_bytes: int = param(8, ge=1, le=4096, doc="Bytes per bank access (one per cycle).")
@@ -148,7 +158,7 @@ _DRAM_PRESETS = ("lpddr4-3200", "ddr4-3200", "hbm2")  # soc/hw/dram_presets.py P
 class DramConfig:
     """Off-chip DRAM. ``simple``: one channel, latency + bytes / bandwidth. ``banked``: channels, banks, row
     buffers and JEDEC timing (soc/hw/dram_banked.py); every ``banked`` field left null takes the preset's value."""
-    kind: str = param("simple", choices=("simple", "banked"), doc="Block model.")
+    kind: str = param("simple", choices=registered_kinds("dram"), doc="Block model.")
     bandwidth_gb_per_s: float = param(6.4, gt=0.0, le=1e5, doc="simple: peak bandwidth (1 GB/s = 1 byte/ns).")
     latency_ns: float = param(40.0, ge=0.0, le=1e6, doc="simple: access latency before data flows.")
     read_pj_per_byte: float = param(20.0, ge=0.0, doc="simple: off-chip read energy incl. I/O.")
@@ -222,6 +232,7 @@ class InterconnectConfig:
     """The on-chip network as a graph. ``explicit``: exactly ``links``. ``bus``, ``crossbar``, ``mesh``: the
     links are generated for dram, sram and every cimN/digitalN pair (soc/topology.py) from the link_* and
     dram_link_* parameters below; ``links`` is then ignored."""
+    kind: str = param("graph", choices=registered_kinds("interconnect"), doc="Block model.")
     topology: str = param("explicit", choices=("explicit", "bus", "crossbar", "mesh"),
                           doc="explicit: the links list; bus: one shared half-duplex medium; crossbar: a "
                               "switch with one full-duplex port per block; mesh: a 2D grid of routers, one "

@@ -2,19 +2,23 @@
 
 A ``Port`` is one SimPy resource of capacity 1 (a CIM array, a MAC array, an SRAM bank port, a DRAM channel, a
 link). It accumulates the time it does useful work (``busy_ns``) and emits a span per job when a timeline asks
-for its track. A ``Block`` owns ports and counters and turns counts into energy; it never imports another block.
-New kinds subclass ``Block`` and register with ``@register("section", "kind")``.
+for its track. A ``Block`` owns ports and counters and its cost rule; it never imports another block. Each config section has
+a small interface here (``Scorer``, ``Processor``, ``Buffer``, ``Memory``, ``Network``) with the hooks the system
+calls; a new kind subclasses one and registers with ``@register("section", "kind")``.
 """
 
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable, ClassVar, Iterable, NamedTuple
+from typing import Any, Callable, ClassVar, Iterable, Mapping, NamedTuple
+
+import numpy as np
 
 import simpy
 from simpy.core import BoundClass
 from simpy.resources import base as simpy_base
 
+from soc import rules
 from soc.errors import WiringError
 from soc.recorder import Recorder
 
@@ -165,7 +169,13 @@ def _releaser(port: Any, req: simpy.Event) -> Callable[[simpy.Event], None]:
 
 
 class Block:
-    """Base of every block: a scoped name, ports, counters, and the energy/area/static-power it reports."""
+    """Base of every block: a scoped name, ports, counters, and its own cost rule.
+
+    The cost rule has three parts, all owned here and nowhere else: ``energy_pj(counts)`` turns event counts
+    (scalars, or per-tile arrays for the timeline) into energy by event class; ``static_mw`` and ``area_mm2``.
+    ``result()`` returns the block's own statistics (as desmod's result hooks): whoever reads results calls
+    it, never re-derives it.
+    """
 
     section: ClassVar[str]
     kind: ClassVar[str]
@@ -187,16 +197,14 @@ class Block:
     def count(self, key: str, amount: float) -> None:
         self.counts[key] = self.counts.get(key, 0.0) + amount
 
-    # --- what the report reads -------------------------------------------------------------------------
-    def busy_ns(self) -> float:
-        """Busy time of the block: its ports' work divided over the ports (so utilization stays in [0, 1])."""
-        if not self.ports:
-            return 0.0
-        return sum(p.busy_ns for p in self.ports) / len(self.ports)
+    # --- the cost rule -----------------------------------------------------------------------------------
+    def energy_pj(self, counts: Mapping[str, Any]) -> dict[str, Any]:
+        """Energy by event class for the event ``counts`` (the block's own counter names)."""
+        return {}
 
     def dynamic_energy_pj(self) -> dict[str, float]:
-        """Energy by event class, from the counters and the config's per-event costs."""
-        return {}
+        """Energy by event class of what the block did in this run."""
+        return self.energy_pj(self.counts)
 
     @property
     def static_mw(self) -> float:
@@ -205,6 +213,121 @@ class Block:
     @property
     def area_mm2(self) -> float:
         return float(getattr(self.cfg, "area_mm2", 0.0))
+
+    # --- what readers of results call ----------------------------------------------------------------------
+    def busy_ns(self) -> float:
+        """Busy time of the block: its ports' work divided over the ports (so utilization stays in [0, 1])."""
+        if not self.ports:
+            return 0.0
+        return sum(p.busy_ns for p in self.ports) / len(self.ports)
+
+    def result(self) -> dict[str, Any]:
+        """The block's own statistics at the end of a run."""
+        return {"section": self.section, "kind": self.kind, "busy_ns": self.busy_ns(), "counts": dict(self.counts),
+                "energy_pj": self.dynamic_energy_pj(), "static_mw": self.static_mw, "area_mm2": self.area_mm2}
+
+
+# --- one small interface per block section: the hooks the system calls ------------------------------------
+class Scorer(Block):
+    """Scores every query of a tile against the keys resident in it and decides keep/prune (section ``cim``).
+
+    Hooks: ``key_tile(head_dim)``; ``write_ns(keys, head_dim)`` to load keys; ``score_ns(...)`` per chunk,
+    which adds what the pruning rule costs (soc/rules.py says which rule needs what) to
+    ``base_cycles_per_query``, the one hook a new scorer must give; ``record_chunk`` after each chunk.
+    """
+
+    def __init__(self, env, name, cfg, recorder) -> None:
+        super().__init__(env, name, cfg, recorder)
+        self.array: Port = self.port()
+        self._cycle_ns = 1.0 / cfg.clock_ghz
+        self._write_cycle_ns = 1.0 / cfg.write_clock_ghz
+        self._head_dim = 0
+
+    def key_tile(self, head_dim: int) -> int:
+        return self.cfg.key_tile(head_dim)
+
+    def set_head_dim(self, head_dim: int) -> None:
+        self._head_dim = head_dim
+
+    def write_ns(self, key_count: np.ndarray, head_dim: int) -> np.ndarray:
+        bits = key_count * head_dim * self.cfg.key_bits
+        return np.ceil(bits / self.cfg.write_bits_per_cycle) * self._write_cycle_ns
+
+    def base_cycles_per_query(self, k_cols: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def score_ns(self, q_rows: np.ndarray, k_cols: np.ndarray, rule_code: np.ndarray,
+                 key_tiles_per_head: np.ndarray) -> np.ndarray:
+        """Scoring time of each chunk, including what its pruning rule costs (vectorized over chunks)."""
+        cfg = self.cfg
+        cycles = q_rows * self.base_cycles_per_query(k_cols)
+        cycles = cycles * rules.scoring_passes(rule_code, key_tiles_per_head)
+        cycles = np.where(rules.needs_max_tree(rule_code, key_tiles_per_head), cycles + q_rows * cfg.max_tree_cycles,
+                          cycles)
+        cycles = np.where(rules.needs_sorter(rule_code),
+                          cycles + q_rows * np.ceil(k_cols / cfg.sorter_scores_per_cycle), cycles)
+        return cycles * self._cycle_ns
+
+    def record_chunk(self, macs: float, compares: float, write_bits: float) -> None:
+        self.count("macs", macs)
+        self.count("compares", compares)
+        self.count("write_bits", write_bits)
+
+
+class Processor(Block):
+    """Computes exact attention for a tile's kept pairs (section ``digital``).
+
+    Hooks: ``compute_ns(pairs_kept, rows_kept, head_dim)`` per chunk (vectorized); ``record_job`` after each.
+    ``macs`` is the port the system holds while a job computes.
+    """
+
+    def __init__(self, env, name, cfg, recorder) -> None:
+        super().__init__(env, name, cfg, recorder)
+        self.macs: Port = self.port()
+
+    def compute_ns(self, pairs_kept: np.ndarray, rows_kept: np.ndarray, head_dim: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def record_job(self, macs: float, exps: float) -> None:
+        self.count("macs", macs)
+        self.count("exps", exps)
+
+
+class Buffer(Block):
+    """Passes tiles from the scorer to the processor (section ``token_buffer``): ``put`` (a process step that
+    waits while full) and ``get`` (waits while empty); ``peak`` is the most entries it held."""
+
+    peak: int = 0
+
+    def put(self, item: Any, entry_bytes: float):
+        raise NotImplementedError
+
+    def get(self):
+        raise NotImplementedError
+
+
+class Memory(Block):
+    """On-chip SRAM or off-chip DRAM (sections ``sram``, ``dram``): ``access(nbytes, write, where)`` counts the
+    access and returns the (port, duration) jobs it occupies."""
+
+    def access(self, nbytes: float, write: bool, where: tuple[MemAccess, ...] | None = None) -> list:
+        raise NotImplementedError
+
+
+class Network(Block):
+    """The on-chip interconnect (section ``interconnect``): ``check_nodes``, ``add_route`` at elaboration and
+    ``transfer(src, dst, nbytes)`` returning the (port, duration) jobs of the route."""
+
+    routes: dict[tuple[str, str], list[tuple[str, str]]]
+
+    def check_nodes(self, blocks: set[str]) -> None:
+        raise NotImplementedError
+
+    def add_route(self, src: str, dst: str) -> None:
+        raise NotImplementedError
+
+    def transfer(self, src: str, dst: str, nbytes: float) -> list:
+        raise NotImplementedError
 
 
 _REGISTRY: dict[tuple[str, str], type[Block]] = {}
@@ -228,3 +351,4 @@ def block_class(section: str, kind: str) -> type[Block]:
 
 def registered(section: str | None = None) -> Iterable[tuple[str, str]]:
     return sorted(k for k in _REGISTRY if section is None or k[0] == section)
+

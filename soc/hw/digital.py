@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from soc.hw.base import Block, Port, register
+from typing import Any, Mapping
+
+from soc.hw.base import Processor, register
 
 
 @register("digital", "mac_array")
-class MacArrayProcessor(Block):
-    def __init__(self, env, name, cfg, recorder) -> None:
-        super().__init__(env, name, cfg, recorder)
-        self.macs: Port = self.port()
-
+class MacArrayProcessor(Processor):
     def compute_ns(self, pairs_kept: np.ndarray, rows_kept: np.ndarray, head_dim: int) -> np.ndarray:
         cfg = self.cfg
         lanes = cfg.mac_lanes
@@ -27,10 +25,6 @@ class MacArrayProcessor(Block):
                   + np.ceil(rows_kept * head_dim / lanes))
         return cycles / cfg.clock_ghz
 
-    def record_job(self, macs: float, exps: float) -> None:
-        self.count("macs", macs)
-        self.count("exps", exps)
-
-    def dynamic_energy_pj(self) -> dict[str, float]:
-        c, cfg = self.counts, self.cfg
-        return {"mac": c.get("macs", 0.0) * cfg.mac_pj, "softmax": c.get("exps", 0.0) * cfg.softmax_pj}
+    def energy_pj(self, counts: Mapping[str, Any]) -> dict[str, Any]:
+        cfg = self.cfg
+        return {"mac": counts.get("macs", 0.0) * cfg.mac_pj, "softmax": counts.get("exps", 0.0) * cfg.softmax_pj}

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import simpy
 
-from soc.hw.base import Block, MemAccess, Port, register
+from soc.hw.base import MemAccess, Memory, Port, register
 from soc.hw.dram_presets import FIELDS, DramSpec, address_fields, resolve_spec
 
 __all__ = ["BankedDram", "DramSpec", "resolve_spec"]
@@ -120,7 +120,7 @@ class _BusClaim:
 
 
 @register("dram", "banked")
-class BankedDram(Block):
+class BankedDram(Memory):
     claim_rank = 0
 
     def __init__(self, env, name, cfg, recorder) -> None:

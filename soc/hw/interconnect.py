@@ -7,14 +7,16 @@ occupies the ports of its route, each for ``latency_ns + bytes / bandwidth``.
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 import networkx as nx
 
 from soc.errors import WiringError
-from soc.hw.base import Block, Port, register
+from soc.hw.base import Network, Port, register
 
 
 @register("interconnect", "graph")
-class Interconnect(Block):
+class Interconnect(Network):
     claim_rank = 1
     def __init__(self, env, name, cfg, recorder) -> None:
         super().__init__(env, name, cfg, recorder)
@@ -79,9 +81,19 @@ class Interconnect(Block):
         ports = dict.fromkeys(self.link_ports.values())  # a shared medium's port once, in link order
         return {p.name: (p.busy_ns / end_ns if end_ns > 0 else 0.0) for p in ports}
 
-    def dynamic_energy_pj(self) -> dict[str, float]:
-        total = sum(b * self.graph.edges[hop]["cfg"].pj_per_byte for hop, b in self.link_bytes.items())
+    def hop_pj_per_byte(self, hop: tuple[str, str]) -> float:
+        return self.graph.edges[hop]["cfg"].pj_per_byte
+
+    def energy_pj(self, counts: Mapping[str, Any]) -> dict[str, Any]:
+        """``counts``: bytes per hop ``(u, v)`` (a link direction)."""
+        total = sum(b * self.hop_pj_per_byte(hop) for hop, b in counts.items())
         return {"links": total}
+
+    def dynamic_energy_pj(self) -> dict[str, float]:
+        return self.energy_pj(self.link_bytes)
+
+    def result(self) -> dict[str, Any]:
+        return {**super().result(), "link_bytes": {f"{u}->{v}": b for (u, v), b in self.link_bytes.items()}}
 
     @property
     def static_mw(self) -> float:

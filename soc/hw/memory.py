@@ -9,12 +9,13 @@ cycles, and two accesses that share a bank serialize. DRAM (``simple``): one cha
 from __future__ import annotations
 
 import math
+from typing import Any, Mapping
 
-from soc.hw.base import BankArray, BankSet, Block, MemAccess, Port, next_order, register
+from soc.hw.base import BankArray, BankSet, MemAccess, Memory, Port, next_order, register
 
 
 @register("sram", "banked")
-class BankedSram(Block):
+class BankedSram(Memory):
     claim_rank = 2
     def __init__(self, env, name, cfg, recorder) -> None:
         super().__init__(env, name, cfg, recorder)
@@ -47,14 +48,14 @@ class BankedSram(Block):
         """Per-byte energy relative to the reference bank size: sqrt of the size ratio."""
         return math.sqrt(self.cfg.bank_bytes / self.cfg.reference_bank_bytes)
 
-    def dynamic_energy_pj(self) -> dict[str, float]:
-        c, cfg, k = self.counts, self.cfg, self.energy_scale
-        return {"read": c.get("read_bytes", 0.0) * cfg.read_pj_per_byte * k,
-                "write": c.get("write_bytes", 0.0) * cfg.write_pj_per_byte * k}
+    def energy_pj(self, counts: Mapping[str, Any]) -> dict[str, Any]:
+        cfg, k = self.cfg, self.energy_scale
+        return {"read": counts.get("read_bytes", 0.0) * cfg.read_pj_per_byte * k,
+                "write": counts.get("write_bytes", 0.0) * cfg.write_pj_per_byte * k}
 
 
 @register("dram", "simple")
-class SimpleDram(Block):
+class SimpleDram(Memory):
     claim_rank = 0
     def __init__(self, env, name, cfg, recorder) -> None:
         super().__init__(env, name, cfg, recorder)
@@ -67,7 +68,7 @@ class SimpleDram(Block):
         self.count("write_bytes" if write else "read_bytes", nbytes)
         return [(self.channel, cfg.latency_ns + nbytes / cfg.bandwidth_gb_per_s)]
 
-    def dynamic_energy_pj(self) -> dict[str, float]:
-        c, cfg = self.counts, self.cfg
-        return {"read": c.get("read_bytes", 0.0) * cfg.read_pj_per_byte,
-                "write": c.get("write_bytes", 0.0) * cfg.write_pj_per_byte}
+    def energy_pj(self, counts: Mapping[str, Any]) -> dict[str, Any]:
+        cfg = self.cfg
+        return {"read": counts.get("read_bytes", 0.0) * cfg.read_pj_per_byte,
+                "write": counts.get("write_bytes", 0.0) * cfg.write_pj_per_byte}

@@ -7,13 +7,15 @@ the capacity.
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 import simpy
 
-from soc.hw.base import Block, register
+from soc.hw.base import Buffer, register
 
 
 @register("token_buffer", "fifo")
-class TokenBuffer(Block):
+class TokenBuffer(Buffer):
     def __init__(self, env, name, cfg, recorder) -> None:
         super().__init__(env, name, cfg, recorder)
         self.store = simpy.Store(env, capacity=max(1, cfg.depth_entries))
@@ -50,6 +52,9 @@ class TokenBuffer(Block):
     def busy_ns(self) -> float:  # occupancy-weighted: a full buffer all the time is 100% used
         return self.mean_occupancy(self.env.now) / max(1, self.capacity) * self.env.now
 
-    def dynamic_energy_pj(self) -> dict[str, float]:
+    def energy_pj(self, counts: Mapping[str, Any]) -> dict[str, Any]:
         # every entry is written once and read once
-        return {"access": 2 * self.counts.get("bytes", 0.0) * self.cfg.access_pj_per_byte}
+        return {"access": 2 * counts.get("bytes", 0.0) * self.cfg.access_pj_per_byte}
+
+    def result(self) -> dict[str, Any]:
+        return {**super().result(), "peak_entries": self.peak}

@@ -146,67 +146,27 @@ def bandwidth_counters(tl_tracks: list[str], track: np.ndarray, start: np.ndarra
     return out
 
 
-def _shape(report: dict):
-    from soc.dataflow import Shape
-
-    w = report["workload"]
-    return Shape(w["layers"], w["heads"], w["seq_q"], w["seq_len"], w["head_dim"], w.get("kv_heads") or 0)
-
-
 def chunk_energy_pj(result) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Dynamic energy of every tile by block group, split (analog side, digital side), in pJ.
+    """Dynamic energy of every tile by block group, split (CIM side, digital side), in pJ: the run's per-tile
+    events (``soc.system.tile_events``, from its demand table) priced by each block's own cost rule."""
+    from soc.system import tile_events
 
-    Mirrors the dataflow of ``soc.system``: the CIM stage loads the query tile, the keys' MSBs and the array,
-    scores and sends the keep bitmap; the fetch and digital stages move the kept K/V rows, compute and write
-    the output back.
-    """
-    from soc.dataflow import demand
-
-    cfg, stats, chunks = result.config, result.stats, result.functional.chunks
-    shape = _shape(result.report)
-    d = demand(chunks, cfg, shape, stats.placement)
-    n = len(chunks["layer"])
-    zero = np.zeros(n)
-    on_chip = stats.placement.msb_on_chip
-    dram, sram = cfg.dram, cfg.sram
-    cim_pj = (d["cim_macs"] * cfg.cim.mac_pj + d["cim_compares"] * cfg.cim.compare_pj
-              + d["array_write_bits"] * cfg.cim.write_pj_per_bit) if cfg.cim.enabled else zero
-    msb_dram = d["kmsb_fetch_bytes"] + (zero if on_chip else d["kmsb_load_bytes"])
-    msb_sram = d["kmsb_load_bytes"] if on_chip else zero
-    out = {
-        "cim": (cim_pj, zero),
-        "token_buffer": (2.0 * d["mask_bytes"] * cfg.token_buffer.access_pj_per_byte, zero),
-        "digital": (zero, d["digital_macs"] * cfg.digital.mac_pj
-                    + d["digital_exps"] * cfg.digital.softmax_pj),
-        "dram": ((d["q_load_bytes"] + msb_dram) * dram.read_pj_per_byte,
-                 d["kv_fetch_bytes"] * dram.read_pj_per_byte + d["out_bytes"] * dram.write_pj_per_byte),
-        "sram": ((d["q_load_bytes"] + d["kmsb_fetch_bytes"]) * sram.write_pj_per_byte
-                 + (d["q_msb_bytes"] + msb_sram) * sram.read_pj_per_byte,
-                 (d["kv_fetch_bytes"] + d["out_bytes"]) * sram.write_pj_per_byte
-                 + (d["kv_read_bytes"] + d["out_bytes"]) * sram.read_pj_per_byte),
-    }
-    # links: bytes times the energy per byte summed over the route's hops, per CIM/digital pair
-    net = stats.blocks.get("interconnect")
-    pairs = max(1, len([b for b in stats.blocks if re.fullmatch(r"digital\d+", b)]))
-    pair = ((chunks["layer"] * shape.heads + chunks["head"]) % pairs).astype(np.int64)
-
-    def route_pj(src: str, dst: str) -> np.ndarray:
-        table = np.zeros(pairs)
-        for i in range(pairs):
-            s, t = src.replace("#", str(i)), dst.replace("#", str(i))
-            hops = net.routes.get((s, t), []) if net is not None else []
-            table[i] = sum(net.graph.edges[h]["cfg"].pj_per_byte for h in hops)
-        return table[pair]
-
-    msb_src = "sram" if on_chip else "dram"
-    analog = [("dram", "sram", d["q_load_bytes"]), ("sram", "cim#", d["q_msb_bytes"]),
-              ("dram", "sram", d["kmsb_fetch_bytes"]), (msb_src, "cim#", d["kmsb_load_bytes"]),
-              ("cim#", "digital#", d["mask_bytes"])]
-    digital = [("dram", "sram", d["kv_fetch_bytes"]), ("sram", "digital#", d["kv_read_bytes"]),
-               ("digital#", "sram", d["out_bytes"]), ("sram", "dram", d["out_bytes"])]
-    links = [sum((b * route_pj(s, t) for s, t, b in side if b.any()), zero.copy())
-             for side in (analog, digital)]
-    out["interconnect"] = (links[0], links[1])
+    stats = result.stats
+    first = {}
+    for name, block in stats.blocks.items():
+        first.setdefault(name.rstrip("0123456789"), block)
+    n = len(result.functional.chunks["layer"])
+    out = {}
+    for group, sides in tile_events(stats, result.functional.chunks, result.shape.heads).items():
+        block = first.get(group)
+        priced = []
+        for events in sides:
+            pj = np.zeros(n)
+            if block is not None and events:
+                for v in block.energy_pj(events).values():
+                    pj = pj + v
+            priced.append(pj)
+        out[group] = (priced[0], priced[1])
     return out
 
 
@@ -233,25 +193,28 @@ def energy_counter(result, keys: dict[str, np.ndarray], track: np.ndarray, track
                      "(keep the digital block in --timeline-blocks)")
         return None
     t_analog = np.where(np.isnan(when[FLOW_FROM]), when[FLOW_TO], when[FLOW_FROM])
-    energy = result.report["energy"]
     times, amounts = [], []
+    untiled_j = 0.0  # energy a block's rule charges to no tile (e.g. DRAM activations, refresh): spread over time
     for group, (analog, digital) in chunk_energy_pj(result).items():
-        want_j = energy["by_block"].get(group, 0.0) - energy["static_by_block"].get(group, 0.0)
-        raw_j = (analog.sum() + digital.sum()) * 1e-12
-        scale = want_j / raw_j if raw_j > 0 else 1.0
-        if abs(scale - 1.0) > 1e-6 and want_j > 0:
-            notes.append(f"energy counter: {group} energy is not the per-byte/per-op rule here (e.g. DRAM "
-                         f"activations); spread over tiles by that rule, scaled by {scale:.4g} to "
-                         f"report.json")
+        block_j = sum(sum(r["energy_pj"].values()) for name, r in result.stats.results.items()
+                      if name.rstrip("0123456789") == group) * 1e-12
+        tiled_j = (analog.sum() + digital.sum()) * 1e-12
+        rest = block_j - tiled_j
+        if abs(rest) > 1e-9 * max(block_j, 1e-30):
+            untiled_j += rest
+            notes.append(f"energy counter: {rest * 1e6:.4g} uJ of {group} energy belongs to no tile (its rule "
+                         f"counts events the demand table does not, e.g. DRAM activations); spread over the run")
         times += [t_analog, when[FLOW_TO]]
-        amounts += [analog * scale * 1e-12, digital * scale * 1e-12]
+        amounts += [analog * 1e-12, digital * 1e-12]
     t_all, j_all = np.concatenate(times), np.concatenate(amounts)
     o = np.argsort(t_all, kind="stable")
     cum = np.concatenate(([0.0], np.cumsum(j_all[o])))
     dyn = cum[np.searchsorted(t_all[o], edges, side="right")]
-    latency_s = result.report["time"]["latency_ns"] * 1e-9
-    static_w = sum(energy["static_by_block"].values()) / latency_s if latency_s > 0 else 0.0
-    total_uj = (dyn + static_w * edges * 1e-9) * 1e6
+    latency_ns = result.end_ns
+    static_j = sum(r["static_mw"] for r in result.stats.results.values()) * 1e-3 * latency_ns * 1e-9 \
+        + result.config.other_static_mw * 1e-3 * latency_ns * 1e-9
+    frac = np.clip(edges / latency_ns, 0.0, 1.0) if latency_ns > 0 else np.ones_like(edges)
+    total_uj = (dyn + (static_j + untiled_j) * frac) * 1e6
     return Counter("energy.cumulative", "uJ", edges.copy(), total_uj,
                    "dynamic energy of finished tiles plus static power x time (report.json energy.total_j at "
                    "the end)")
