@@ -1,9 +1,10 @@
 """report.json (schema soc.report/1): every figure of a run, with units in the key names.
 
-Op convention: one multiply-accumulate is ``ops_per_mac`` ops (2 by default). ``throughput.gops`` counts the
-ops the SoC performed (analog scoring + digital exact attention); ``throughput.effective_gops`` counts the ops
-of dense exact attention (Q.K and P.V over every valid pair) delivered per second, the figure a user compares
-against a dense accelerator. Energy includes static power over the run; ``tops_per_w`` is per on-chip energy
+Op convention (``OPS_CONVENTION``, also in ``throughput.ops_convention``): one multiply-accumulate is
+``ops_per_mac`` ops (2 by default), counted per kind in ``throughput.ops``: ``cim`` (approximate scoring),
+``digital`` (exact attention on kept pairs), ``dense_equivalent`` (dense exact attention). ``throughput.gops``
+counts cim + digital; ``effective_gops`` the dense-equivalent ops per second; ``*_by_ops`` give every
+efficiency per kind. The paper's SoC figures count cim ops, and so does the terminal summary. Energy includes static power over the run; ``tops_per_w`` is per on-chip energy
 (DRAM excluded, as chip papers report), ``tops_per_w_with_dram`` includes it.
 """
 
@@ -21,6 +22,10 @@ if TYPE_CHECKING:
     from soc.simulate import Result
 
 SCHEMA = "soc.report/1"
+OPS_CONVENTION = ("1 MAC = {opm} ops. cim: the scorer's approximate-score MACs (query_bits x key_bits, one per key "
+                  "element per query per scoring pass); digital: the exact MACs of Q.K, P.V and the softmax rescale "
+                  "on kept pairs; dense_equivalent: Q.K and P.V over every valid pair (2 x 2 x pairs x head_dim). "
+                  "The paper's SoC TOPS/W and GOPS/mm2 count cim ops over the SoC's on-chip energy and die area.")
 TRAFFIC_KEYS = ("dram_read_bytes", "dram_write_bytes", "sram_read_bytes", "sram_write_bytes")
 
 
@@ -60,19 +65,21 @@ def build_report(result: "Result") -> dict[str, Any]:
         "dram_row_hit_rate": memory.get("dram", {}).get("row_hit_rate"),
         "kmsb_on_chip": stats.placement.msb_on_chip}
 
-    # --- ops ---------------------------------------------------------------------------------------------------
+    # --- ops: one convention (OPS_CONVENTION), counted per kind ------------------------------------------------
     cim_macs = sum(c.get("macs", 0.0) for n, c in counts.items() if n.startswith("cim"))
     dig_macs = sum(c.get("macs", 0.0) for n, c in counts.items() if n.startswith("digital"))
     valid_pairs = float(func.dense_chunks["pairs_valid"].sum())
-    dense_ops = opm * 2.0 * valid_pairs * hd
-    performed_ops = opm * (cim_macs + dig_macs)
+    ops = {"cim": opm * cim_macs, "digital": opm * dig_macs, "dense_equivalent": opm * 2.0 * valid_pairs * hd}
+    dense_ops = ops["dense_equivalent"]
+    performed_ops = ops["cim"] + ops["digital"]
     seconds = latency_ns * 1e-9
 
-    # --- energy ------------------------------------------------------------------------------------------------
+    # --- energy: every block's own cost rule, read from its result() hook ------------------------------------
+    results = stats.results
     by_block: dict[str, float] = {}
     detail: dict[str, dict[str, float]] = {}
     static_j: dict[str, float] = {}
-    results = stats.results  # every block's own result() hook
+    tech: dict[str, dict[str, Any]] = {}
     for name, res in results.items():
         group = name.rstrip("0123456789")
         dyn = {k: v * 1e-12 for k, v in res["energy_pj"].items()}
@@ -83,18 +90,24 @@ def build_report(result: "Result") -> dict[str, Any]:
         for k, v in dyn.items():
             d[k] = d.get(k, 0.0) + v
         d["static"] = d.get("static", 0.0) + stat
-    by_block["other"] = cfg.other_static_mw * 1e-3 * seconds
-    static_j["other"] = by_block["other"]
+        tech.setdefault(group, res["costs"])  # instances of one section share one sheet
     total_j = sum(by_block.values())
     on_chip_j = total_j - by_block.get("dram", 0.0)
     cim_j = by_block.get("cim", 0.0)
+    per_w = {k: _ratio(v * 1e-12, on_chip_j) for k, v in ops.items()}
+    per_w["performed"] = _ratio(performed_ops * 1e-12, on_chip_j)
     energy = {
         "total_j": total_j, "on_chip_j": on_chip_j, "by_block": by_block, "static_by_block": static_j,
         "detail": detail, "counts": {name: dict(c) for name, c in counts.items()},
-        "tops_per_w": _ratio(performed_ops * 1e-12, on_chip_j),
+        "tops_per_w": per_w["performed"],
         "tops_per_w_with_dram": _ratio(performed_ops * 1e-12, total_j),
-        "effective_tops_per_w": _ratio(dense_ops * 1e-12, on_chip_j),
-        "cim_tops_per_w": _ratio(opm * cim_macs * 1e-12, cim_j),
+        "effective_tops_per_w": per_w["dense_equivalent"],
+        "cim_tops_per_w": _ratio(ops["cim"] * 1e-12, cim_j),
+        "tops_per_w_by_ops": per_w,
+        "cim_energy_per_score_pj": _ratio((cim_j - static_j.get("cim", 0.0)) * 1e12,
+                                          sum(c.get("compares", 0.0) for n, c in counts.items() if n.startswith("cim"))),
+        "unmodelled": results["other"]["costs"]["static_mw"]["source"],
+        "tech": {g: {k: v for k, v in sheet.items() if k != "area_mm2"} for g, sheet in tech.items()},
     }
 
     # --- area --------------------------------------------------------------------------------------------------
@@ -102,12 +115,16 @@ def build_report(result: "Result") -> dict[str, Any]:
     for name, res in results.items():
         group = name.rstrip("0123456789")
         area_by[group] = area_by.get(group, 0.0) + res["area_mm2"]
-    area_by["other"] = cfg.other_area_mm2
     total_mm2 = sum(area_by.values())
     gops = performed_ops / latency_ns if latency_ns > 0 else 0.0  # ops per ns = GOPS
-    cim_gops = opm * cim_macs / latency_ns if latency_ns > 0 else 0.0
+    gops_by = {k: v / latency_ns if latency_ns > 0 else 0.0 for k, v in ops.items()}
+    cim_busy = sum(v for k, v in stats.busy_ns.items() if k.rstrip("0123456789") == "cim")
     area = {"total_mm2": total_mm2, "by_block": area_by, "gops_per_mm2": _ratio(gops, total_mm2),
-            "cim_gops_per_mm2": _ratio(cim_gops, area_by.get("cim", 0.0))}
+            "cim_gops_per_mm2": _ratio(gops_by["cim"], area_by.get("cim", 0.0)),
+            "gops_per_mm2_by_ops": {**{k: _ratio(v, total_mm2) for k, v in gops_by.items()},
+                                    "performed": _ratio(gops, total_mm2)},
+            "cim_busy_gops_per_mm2": _ratio(ops["cim"] / cim_busy if cim_busy > 0 else 0.0, area_by.get("cim", 0.0)),
+            "tech": {g: {"area_mm2": sheet["area_mm2"]} for g, sheet in tech.items()}}
 
     # --- utilization -------------------------------------------------------------------------------------------
     util = stats.utilization
@@ -132,7 +149,9 @@ def build_report(result: "Result") -> dict[str, Any]:
                  "clock_ghz": cfg.digital.clock_ghz, "busy_ns": stats.busy_ns},
         "throughput": {"gops": gops, "effective_gops": dense_ops / latency_ns if latency_ns > 0 else 0.0,
                        "queries_per_s": query_rows / seconds if seconds > 0 else 0.0,
-                       "ops_performed": performed_ops, "ops_dense_equivalent": dense_ops},
+                       "ops_performed": performed_ops, "ops_dense_equivalent": dense_ops,
+                       "ops_convention": OPS_CONVENTION.format(opm=opm), "ops": ops,
+                       "gops_by_ops": gops_by},
         "pruning": {"kept_fraction": func.accuracy["kept_fraction"], "per_layer": func.per_layer,
                     "rule": cfg.pruning.rule if cfg.cim.enabled else "none",
                     "q_tile_rows": cfg.dataflow.q_tile_rows, "key_tile_keys": stats.key_tile},
@@ -143,6 +162,7 @@ def build_report(result: "Result") -> dict[str, Any]:
         "memory": memory,
         "energy": energy,
         "area": area,
+        "tech": stats.tech,
         "sim": {"wall_s": wall_s, "events": stats.events,
                 "events_per_s": stats.events / stats.wall_s if stats.wall_s > 0 else 0.0,
                 "sim_wall_s": stats.wall_s, "chunks": int(len(func.chunks["layer"])),
@@ -177,6 +197,7 @@ def summary_text(r: dict[str, Any]) -> str:
     sav = tr["savings"]
     util = "  ".join(f"{k} {v:.0%}" for k, v in r["utilization"].items())
     f = lambda x, fmt: "n/a" if x is None else format(x, fmt)  # noqa: E731
+    cim_ops = lambda x, fmt: "n/a (no CIM ops)" if not x else format(x, fmt)  # noqa: E731
     lines = [
         f"soc: {r['config']['name']} on {w['model']} ({w['layers']} layers x {w['heads']} heads, "
         f"seq {w['seq_len']}, head_dim {w['head_dim']}{', causal' if w['causal'] else ''})",
@@ -192,9 +213,11 @@ def summary_text(r: dict[str, Any]) -> str:
         f"savings {f(sav['dram'], '.2f')}x), K/V {tr['kv_placement']}",
         f"  SRAM traffic   {_fmt_bytes(tr['sram_read_bytes'] + tr['sram_write_bytes'])} "
         f"(savings {f(sav['sram'], '.2f')}x)",
-        f"  energy         {e['total_j'] * 1e6:,.2f} uJ ({e['on_chip_j'] * 1e6:,.2f} uJ on chip), "
-        f"{f(e['tops_per_w'], '.2f')} TOPS/W on chip, CIM {f(e['cim_tops_per_w'], '.2f')} TOPS/W",
-        f"  area           {r['area']['total_mm2']:.2f} mm2, {f(r['area']['gops_per_mm2'], '.1f')} GOPS/mm2",
+        f"  energy         {e['total_j'] * 1e6:,.2f} uJ ({e['on_chip_j'] * 1e6:,.2f} uJ on chip); "
+        f"SoC {cim_ops(e['tops_per_w_by_ops']['cim'], '.2f')} TOPS/W, CIM core {cim_ops(e['cim_tops_per_w'], '.2f')} "
+        f"TOPS/W (the paper's convention: CIM scoring ops, 1 MAC = {r['config']['ops_per_mac']} ops)",
+        f"  area           {r['area']['total_mm2']:.2f} mm2, SoC "
+        f"{cim_ops(r['area']['gops_per_mm2_by_ops']['cim'], '.1f')} GOPS/mm2 (CIM scoring ops)",
         f"  utilization    {util}",
         f"  simulated in   {r['sim']['wall_s']:.2f} s wall, {r['sim']['events']:,} events "
         f"({r['sim']['events_per_s']:,.0f}/s)",

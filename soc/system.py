@@ -29,6 +29,7 @@ from soc.errors import SimulationStalled, WiringError
 from soc.hw import base as hwbase
 from soc.hw.base import Block, MemAccess, hold
 from soc.recorder import OFF, Recorder
+from soc.tech import tech_of, unmodelled
 from soc.topology import resolve_interconnect
 
 # fields of the per-chunk tuple the processes read (a tuple: attribute access costs more than indexing)
@@ -59,6 +60,7 @@ class SimStats:
     demand: dict[str, np.ndarray] = field(default_factory=dict)  # the run's demand table, per chunk
     pairs: int = 1  # CIM/digital pairs; heads go to them round-robin (``pair_of``)
     results: dict[str, dict[str, Any]] = field(default_factory=dict)  # every block's own result() hook
+    tech: dict[str, Any] = field(default_factory=dict)  # the technology table used (name, file, corner)
 
 
 class System:
@@ -90,6 +92,10 @@ class System:
         self.blocks: dict[str, Block] = {b.name: b for b in (*self.cims, *self.digitals, *self.buffers,
                                                                self.sram, self.dram)}
         self.memories = {"sram": self.sram, "dram": self.dram}
+        self.tech = tech_of(cfg)
+        for block in (*self.blocks.values(), self.net):
+            block.tech = self.tech
+            block.cost_sheet()  # a bad or missing table entry fails here, before any work
 
     def _elaborate(self) -> None:
         if self.cfg.token_buffer.depth_entries < 1:
@@ -287,7 +293,18 @@ class System:
         stats.demand = self._demand
         stats.pairs = self.pairs
         stats.results = {name: block.result() for name, block in stats.blocks.items()}
+        stats.results["other"] = unmodelled(self.cfg, self.tech, sum(r["area_mm2"] for r in stats.results.values()))
+        stats.tech = self.tech.describe()
         return stats
+
+
+def cost_probe(cfg: SocConfig, section: str) -> Block:
+    """A block of ``section`` outside any run, to read its cost rule (its sheet, ``energy_pj``, area, static
+    power): what ``soc paper`` calibrates through."""
+    section_cfg = getattr(cfg, section)
+    block = hwbase.block_class(section, section_cfg.kind)(simpy.Environment(), f"{section}0", section_cfg, OFF)
+    block.tech = tech_of(cfg)
+    return block
 
 
 def pair_of(chunks: dict[str, np.ndarray], heads: int, pairs: int) -> np.ndarray:

@@ -97,11 +97,14 @@ class CimConfig:
     max_tree_cycles: int = param(7, ge=0, doc="margin rule, keys in one tile: cycles of the row-max tree.")
     sorter_scores_per_cycle: int = param(16, ge=1, doc="topk rule: scores the sorter takes per cycle.")
     predictor_lanes: int = param(64, ge=1, doc="digital_predictor: low-precision MACs per cycle.")
-    mac_pj: float = param(0.05, ge=0.0, doc="Energy per MAC of the scorer at the configured bits.")
-    compare_pj: float = param(0.05, ge=0.0, doc="Energy per comparator decision (one per key per query).")
-    write_pj_per_bit: float = param(0.02, ge=0.0, doc="Energy per bit written into the array.")
-    static_mw: float = param(1.0, ge=0.0, doc="Leakage and bias power.")
-    area_mm2: float = param(0.1, ge=0.0, doc="Area of one CIM core.")
+    # cost: null = derived from the technology table by the block's own law (README "Cost laws")
+    mac_pj: float | None = param(None, ge=0.0, doc="Energy per MAC (one key element x one query element) "
+                                                  "at query_bits x key_bits; null: derived.")
+    compare_pj: float | None = param(None, ge=0.0, doc="Energy per comparator decision (one per key per query); "
+                                                      "null: derived.")
+    write_pj_per_bit: float | None = param(None, ge=0.0, doc="Energy per bit written into the array; null: derived.")
+    static_mw: float | None = param(None, ge=0.0, doc="Leakage and clock power; null: derived.")
+    area_mm2: float | None = param(None, ge=0.0, doc="Area of one CIM core; null: derived.")
 
     def key_tile(self, head_dim: int) -> int:
         """Keys resident in the array at once: each key spans ceil(head_dim * key_bits / rows) columns."""
@@ -113,9 +116,11 @@ class CimConfig:
 class TokenBufferConfig:
     kind: str = param("fifo", choices=registered_kinds("token_buffer"), doc="Block model.")
     depth_entries: int = param(8, ge=0, le=1_000_000, doc="Kept-token lists (one per tile) it holds.")
-    access_pj_per_byte: float = param(0.05, ge=0.0, doc="Energy per byte written or read.")
-    static_mw: float = param(0.1, ge=0.0)
-    area_mm2: float = param(0.02, ge=0.0)
+    entry_bytes: int = param(512, ge=1, le=1 << 30, doc="Bytes per entry: the keep bitmap of one tile "
+                                                          "(q_tile_rows x key tile / 8; 32 x 128 / 8 = 512).")
+    access_pj_per_byte: float | None = param(None, ge=0.0, doc="Energy per byte written or read; null: derived.")
+    static_mw: float | None = param(None, ge=0.0, doc="Leakage; null: derived.")
+    area_mm2: float | None = param(None, ge=0.0, doc="Area; null: derived.")
 
 
 @dataclass(frozen=True)
@@ -125,10 +130,12 @@ class DigitalConfig:
     mac_lanes: int = param(64, ge=1, doc="MACs per cycle (Q.K and P.V share them).")
     softmax_lanes: int = param(4, ge=1, doc="exp evaluations per cycle (pipelined beside the MACs).")
     job_overhead_cycles: int = param(8, ge=0, doc="Fixed cycles per tile job (setup, drain).")
-    mac_pj: float = param(0.6, ge=0.0, doc="Energy per MAC at element precision.")
-    softmax_pj: float = param(2.0, ge=0.0, doc="Energy per exp + accumulate.")
-    static_mw: float = param(10.0, ge=0.0)
-    area_mm2: float = param(1.5, ge=0.0)
+    operand_bits: int = param(8, ge=1, le=64, doc="Bits of each multiplier operand (int8 Q/K/V and P).")
+    accumulator_bits: int = param(24, ge=1, le=128, doc="Bits of each lane's accumulator.")
+    mac_pj: float | None = param(None, ge=0.0, doc="Energy per MAC at operand_bits; null: derived.")
+    softmax_pj: float | None = param(None, ge=0.0, doc="Energy per exp + accumulate; null: derived.")
+    static_mw: float | None = param(None, ge=0.0, doc="Leakage and clock power; null: derived.")
+    area_mm2: float | None = param(None, ge=0.0, doc="Area of one digital processor; null: derived.")
 
 
 @dataclass(frozen=True)
@@ -138,13 +145,15 @@ class SramConfig:
     bank_bytes: int = param(8192, ge=64, doc="Capacity per bank.")
     width_bytes: int = param(8, ge=1, le=4096, doc="Bytes per bank access (one per cycle).")
     clock_ghz: float = param(1.1, gt=0.0, le=10.0)
-    read_pj_per_byte: float = param(0.3, ge=0.0, doc="Read energy for a bank of reference_bank_bytes.")
-    write_pj_per_byte: float = param(0.35, ge=0.0, doc="Write energy for a bank of reference_bank_bytes.")
-    reference_bank_bytes: int = param(8192, ge=64, doc="Bank size the energies are given for; they scale with "
-                                                      "sqrt(bank_bytes / reference_bank_bytes) (longer bitlines "
-                                                      "and wordlines, as CACTI's trend).")
-    static_mw: float = param(2.0, ge=0.0)
-    area_mm2: float = param(0.9, ge=0.0)
+    read_pj_per_byte: float | None = param(None, ge=0.0, doc="Read energy per byte for a bank of "
+                                                            "reference_bank_bytes; null: derived.")
+    write_pj_per_byte: float | None = param(None, ge=0.0, doc="Write energy per byte for a bank of "
+                                                             "reference_bank_bytes; null: derived.")
+    reference_bank_bytes: int | None = param(None, ge=64, doc="Bank size explicit energies are given for (null: "
+                                                             "bank_bytes); they scale with (bank_bytes / "
+                                                             "reference)^sram_energy_exponent of the tech table.")
+    static_mw: float | None = param(None, ge=0.0, doc="Leakage of all banks; null: derived.")
+    area_mm2: float | None = param(None, ge=0.0, doc="Area of all banks; null: derived.")
 
     @property
     def capacity_bytes(self) -> int:
@@ -219,7 +228,9 @@ class LinkConfig:
     b: str = param(doc="Other end.")
     bandwidth_gb_per_s: float = param(16.0, gt=0.0, doc="Bytes per ns.")
     latency_ns: float = param(1.0, ge=0.0)
-    pj_per_byte: float = param(0.1, ge=0.0)
+    pj_per_byte: float | None = param(None, ge=0.0, doc="Energy per byte over the link; null: derived.")
+    length_mm: float = param(1.0, ge=0.0, le=1e3, doc="Wire length (energy = bytes x 8 x wire_pj_per_bit_mm x "
+                                                         "length_mm when pj_per_byte is null).")
 
 
 def _default_links() -> tuple[LinkConfig, ...]:
@@ -262,10 +273,20 @@ class InterconnectConfig:
 class SocConfig:
     name: str = param("soc", doc="Short name used in reports and tables.")
     description: str = param("", doc="Free text.")
-    technology_nm: int = param(65, ge=1, doc="Process node (documentation only).")
+    technology_nm: int = param(65, ge=1, doc="Process node (documentation; the cost model reads tech).")
+    tech: str = param("65nm", doc="Technology table: a name in configs/tech/ (65nm, 28nm) or a path.")
+    tech_corner: str = param("typical", choices=("typical", "low", "high"),
+                             doc="Every ranged entry of the table at its typical, low or high value.")
+    tech_overrides: dict[str, float] = param(default_factory=dict, doc="Table entries replaced for this config "
+                                                                       "(key -> value in the entry's unit).")
     ops_per_mac: int = param(2, ge=1, le=2, doc="Op-counting convention: 1 MAC = 2 ops.")
-    other_area_mm2: float = param(0.0, ge=0.0, doc="Die area not in any modelled block (pads, control).")
-    other_static_mw: float = param(0.0, ge=0.0, doc="Power not in any modelled block (clock tree, I/O).")
+    io_pads: int = param(0, ge=0, le=100_000, doc="I/O pads on the die (area: io_pads x io_pad_um2).")
+    core_utilization: float = param(1.0, gt=0.0, le=1.0, doc="Share of the core area that cells fill "
+                                                              "(placement and routing leave the rest).")
+    other_area_mm2: float | None = param(None, ge=0.0, doc="Die area outside the modelled blocks; null: "
+                                                            "derived (pads + the core's unfilled share).")
+    other_static_mw: float | None = param(None, ge=0.0, doc="Power outside the modelled blocks; null: not "
+                                                             "modelled (reported as unknown, counted as 0).")
     dataflow: DataflowConfig = param(default_factory=DataflowConfig)
     pruning: PruningConfig = param(default_factory=PruningConfig)
     cim: CimConfig = param(default_factory=CimConfig)

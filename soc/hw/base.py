@@ -21,6 +21,7 @@ from simpy.resources import base as simpy_base
 from soc import rules
 from soc.errors import WiringError
 from soc.recorder import Recorder
+from soc.tech import cost, load_tech
 
 _port_ids = itertools.count()
 
@@ -198,8 +199,27 @@ class Block:
         self.counts[key] = self.counts.get(key, 0.0) + amount
 
     # --- the cost rule -----------------------------------------------------------------------------------
+    tech: Any = None  # the technology table (soc.tech.Tech), set by the system before the run
+
+    @classmethod
+    def cost_rule(cls, cfg: Any, tech: Any) -> dict[str, dict[str, Any]]:
+        """The block's cost sheet from its own size and precision parameters and the technology table: each
+        figure ``{value, unit, source}`` (``user`` when the config gives it). Kinds override this law."""
+        return {"area_mm2": cost(getattr(cfg, "area_mm2", None), 0.0, "no area law for this kind", "mm2"),
+                "static_mw": cost(getattr(cfg, "static_mw", None), 0.0, "no leakage law for this kind", "mW")}
+
+    def cost_sheet(self) -> dict[str, dict[str, Any]]:
+        sheet = self.__dict__.get("_sheet")
+        if sheet is None:
+            sheet = self._sheet = self.cost_rule(self.cfg, self.tech if self.tech is not None else load_tech())
+        return sheet
+
+    def cost_value(self, key: str) -> float:
+        return self.cost_sheet()[key]["value"]
+
     def energy_pj(self, counts: Mapping[str, Any]) -> dict[str, Any]:
-        """Energy by event class for the event ``counts`` (the block's own counter names)."""
+        """Energy by event class for the event ``counts`` (the block's own counter names; scalars or per-tile
+        arrays): the only place this block's energy is computed."""
         return {}
 
     def dynamic_energy_pj(self) -> dict[str, float]:
@@ -208,11 +228,11 @@ class Block:
 
     @property
     def static_mw(self) -> float:
-        return float(getattr(self.cfg, "static_mw", 0.0))
+        return self.cost_value("static_mw")
 
     @property
     def area_mm2(self) -> float:
-        return float(getattr(self.cfg, "area_mm2", 0.0))
+        return self.cost_value("area_mm2")
 
     # --- what readers of results call ----------------------------------------------------------------------
     def busy_ns(self) -> float:
@@ -224,7 +244,24 @@ class Block:
     def result(self) -> dict[str, Any]:
         """The block's own statistics at the end of a run."""
         return {"section": self.section, "kind": self.kind, "busy_ns": self.busy_ns(), "counts": dict(self.counts),
-                "energy_pj": self.dynamic_energy_pj(), "static_mw": self.static_mw, "area_mm2": self.area_mm2}
+                "energy_pj": self.dynamic_energy_pj(), "static_mw": self.static_mw, "area_mm2": self.area_mm2,
+                "costs": self.cost_sheet()}
+
+
+def logic_leak_mw(area_um2: float, tech: Any) -> float:
+    """Leakage of standard-cell logic: area x the node's leakage density."""
+    return area_um2 * tech["logic_leak_nw_per_um2"] * 1e-6
+
+
+def clock_mw(reg_bits: float, clock_ghz: float, tech: Any) -> float:
+    """Clock power of ``reg_bits`` flip-flops toggled every cycle (no clock gating): fJ x GHz = uW."""
+    return reg_bits * tech["clock_fj_per_reg_bit"] * clock_ghz * 1e-3
+
+
+def sram_pj_per_byte(bank_bytes: float, tech: Any) -> float:
+    """Read energy per byte of an SRAM bank: the table's reference bank scaled by (size ratio)^exponent
+    (longer bitlines and wordlines, CACTI's trend)."""
+    return tech["sram_read_pj_per_byte"] * (bank_bytes / tech["sram_ref_bank_bytes"]) ** tech["sram_energy_exponent"]
 
 
 # --- one small interface per block section: the hooks the system calls ------------------------------------

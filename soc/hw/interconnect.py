@@ -3,6 +3,9 @@
 Every link carries one port per direction (full duplex), with bandwidth, latency and energy per byte. Routes
 (fewest-latency paths) are computed once at elaboration for every pair the dataflow uses; a transfer then
 occupies the ports of its route, each for ``latency_ns + bytes / bandwidth``.
+
+Cost law: a link's energy per byte = 8 x [wire_pj_per_bit_mm] x length_mm (unless pj_per_byte is given); wires
+run over the blocks (no area) and do not leak.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import networkx as nx
 
 from soc.errors import WiringError
 from soc.hw.base import Network, Port, register
+from soc.tech import cost
 
 
 @register("interconnect", "graph")
@@ -81,8 +85,19 @@ class Interconnect(Network):
         ports = dict.fromkeys(self.link_ports.values())  # a shared medium's port once, in link order
         return {p.name: (p.busy_ns / end_ns if end_ns > 0 else 0.0) for p in ports}
 
+    @classmethod
+    def cost_rule(cls, cfg, tech) -> dict[str, dict[str, Any]]:
+        sheet = {"area_mm2": cost(None, 0.0, "wires over the blocks", "mm2"),
+                 "static_mw": cost(None, 0.0, "wires do not leak", "mW")}
+        for link in cfg.links:
+            sheet[f"{link.a}<->{link.b}.pj_per_byte"] = cost(
+                link.pj_per_byte, 8 * tech["wire_pj_per_bit_mm"] * link.length_mm,
+                f"8 bits x {tech['wire_pj_per_bit_mm']:g} pJ/bit/mm x {link.length_mm:g} mm", "pJ")
+        return sheet
+
     def hop_pj_per_byte(self, hop: tuple[str, str]) -> float:
-        return self.graph.edges[hop]["cfg"].pj_per_byte
+        link = self.graph.edges[hop]["cfg"]
+        return self.cost_value(f"{link.a}<->{link.b}.pj_per_byte")
 
     def energy_pj(self, counts: Mapping[str, Any]) -> dict[str, Any]:
         """``counts``: bytes per hop ``(u, v)`` (a link direction)."""
@@ -95,10 +110,3 @@ class Interconnect(Network):
     def result(self) -> dict[str, Any]:
         return {**super().result(), "link_bytes": {f"{u}->{v}": b for (u, v), b in self.link_bytes.items()}}
 
-    @property
-    def static_mw(self) -> float:
-        return 0.0
-
-    @property
-    def area_mm2(self) -> float:
-        return 0.0

@@ -4,6 +4,11 @@ SRAM: ``banks`` banks of ``width_bytes`` per cycle, one port each; consecutive a
 so an access of B bytes from address a occupies the banks it touches for ``ceil(B / (banks_touched * width))``
 cycles, and two accesses that share a bank serialize. DRAM (``simple``): one channel that serves an access in
 ``latency_ns + bytes / bandwidth``.
+
+SRAM cost law: read energy per byte = [sram_read_pj_per_byte] x (bank_bytes / [sram_ref_bank_bytes]) ^
+[sram_energy_exponent], writes x [sram_write_over_read]; area = banks x bank_bytes x 8 x [sram_bitcell_um2] /
+[sram_array_efficiency] + the bank ports' output latches (width x [reg_bit_um2]); leakage = bits x
+[sram_leak_pw_per_bit]. DRAM is off chip: its energies are the config's (device and I/O), no die area.
 """
 
 from __future__ import annotations
@@ -11,7 +16,8 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-from soc.hw.base import BankArray, BankSet, MemAccess, Memory, Port, next_order, register
+from soc.hw.base import BankArray, BankSet, MemAccess, Memory, Port, next_order, register, sram_pj_per_byte
+from soc.tech import cost
 
 
 @register("sram", "banked")
@@ -43,15 +49,32 @@ class BankedSram(Memory):
             mask |= 1 << b
         return [(BankSet(self.bank_array, mask, [self.bank_ports[b] for b in banks], self._order), duration)]
 
-    @property
-    def energy_scale(self) -> float:
-        """Per-byte energy relative to the reference bank size: sqrt of the size ratio."""
-        return math.sqrt(self.cfg.bank_bytes / self.cfg.reference_bank_bytes)
+    @classmethod
+    def cost_rule(cls, cfg, tech) -> dict[str, dict[str, Any]]:
+        bits = cfg.banks * cfg.bank_bytes * 8
+        # explicit energies are given for reference_bank_bytes (default: this bank) and follow the table's law
+        k = (cfg.bank_bytes / (cfg.reference_bank_bytes or cfg.bank_bytes)) ** tech["sram_energy_exponent"]
+        read = sram_pj_per_byte(cfg.bank_bytes, tech)
+        law = f"{tech['sram_read_pj_per_byte']:.4g} pJ/B x ({cfg.bank_bytes} / {tech['sram_ref_bank_bytes']:.0f})^" \
+              f"{tech['sram_energy_exponent']:g}"
+        area_um2 = bits * tech["sram_bitcell_um2"] / tech["sram_array_efficiency"] \
+            + cfg.banks * cfg.width_bytes * 8 * tech["reg_bit_um2"]
+        return {
+            "read_pj_per_byte": cost(None if cfg.read_pj_per_byte is None else cfg.read_pj_per_byte * k, read,
+                                     law, "pJ"),
+            "write_pj_per_byte": cost(None if cfg.write_pj_per_byte is None else cfg.write_pj_per_byte * k,
+                                      read * tech["sram_write_over_read"], f"{law} x write/read "
+                                      f"{tech['sram_write_over_read']:g}", "pJ"),
+            "area_mm2": cost(cfg.area_mm2, area_um2 * 1e-6, f"{cfg.banks} banks x {cfg.bank_bytes} B of "
+                             f"{tech['sram_bitcell_um2']:g} um2 cells / efficiency {tech['sram_array_efficiency']:g}",
+                             "mm2"),
+            "static_mw": cost(cfg.static_mw, bits * tech["sram_leak_pw_per_bit"] * 1e-9,
+                              f"{bits} bits x {tech['sram_leak_pw_per_bit']:g} pW", "mW"),
+        }
 
     def energy_pj(self, counts: Mapping[str, Any]) -> dict[str, Any]:
-        cfg, k = self.cfg, self.energy_scale
-        return {"read": counts.get("read_bytes", 0.0) * cfg.read_pj_per_byte * k,
-                "write": counts.get("write_bytes", 0.0) * cfg.write_pj_per_byte * k}
+        return {"read": counts.get("read_bytes", 0.0) * self.cost_value("read_pj_per_byte"),
+                "write": counts.get("write_bytes", 0.0) * self.cost_value("write_pj_per_byte")}
 
 
 @register("dram", "simple")

@@ -211,8 +211,7 @@ def energy_counter(result, keys: dict[str, np.ndarray], track: np.ndarray, track
     cum = np.concatenate(([0.0], np.cumsum(j_all[o])))
     dyn = cum[np.searchsorted(t_all[o], edges, side="right")]
     latency_ns = result.end_ns
-    static_j = sum(r["static_mw"] for r in result.stats.results.values()) * 1e-3 * latency_ns * 1e-9 \
-        + result.config.other_static_mw * 1e-3 * latency_ns * 1e-9
+    static_j = sum(r["static_mw"] for r in result.stats.results.values()) * 1e-3 * latency_ns * 1e-9
     frac = np.clip(edges / latency_ns, 0.0, 1.0) if latency_ns > 0 else np.ones_like(edges)
     total_uj = (dyn + (static_j + untiled_j) * frac) * 1e6
     return Counter("energy.cumulative", "uJ", edges.copy(), total_uj,
