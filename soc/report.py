@@ -197,7 +197,7 @@ def summary_text(r: dict[str, Any]) -> str:
     sav = tr["savings"]
     util = "  ".join(f"{k} {v:.0%}" for k, v in r["utilization"].items())
     f = lambda x, fmt: "n/a" if x is None else format(x, fmt)  # noqa: E731
-    cim_ops = lambda x, fmt: "n/a (no CIM ops)" if not x else format(x, fmt)  # noqa: E731
+    cim_ops = r["throughput"]["ops"]["cim"] > 0
     lines = [
         f"soc: {r['config']['name']} on {w['model']} ({w['layers']} layers x {w['heads']} heads, "
         f"seq {w['seq_len']}, head_dim {w['head_dim']}{', causal' if w['causal'] else ''})",
@@ -213,11 +213,12 @@ def summary_text(r: dict[str, Any]) -> str:
         f"savings {f(sav['dram'], '.2f')}x), K/V {tr['kv_placement']}",
         f"  SRAM traffic   {_fmt_bytes(tr['sram_read_bytes'] + tr['sram_write_bytes'])} "
         f"(savings {f(sav['sram'], '.2f')}x)",
-        f"  energy         {e['total_j'] * 1e6:,.2f} uJ ({e['on_chip_j'] * 1e6:,.2f} uJ on chip); "
-        f"SoC {cim_ops(e['tops_per_w_by_ops']['cim'], '.2f')} TOPS/W, CIM core {cim_ops(e['cim_tops_per_w'], '.2f')} "
-        f"TOPS/W (the paper's convention: CIM scoring ops, 1 MAC = {r['config']['ops_per_mac']} ops)",
-        f"  area           {r['area']['total_mm2']:.2f} mm2, SoC "
-        f"{cim_ops(r['area']['gops_per_mm2_by_ops']['cim'], '.1f')} GOPS/mm2 (CIM scoring ops)",
+        f"  energy         {e['total_j'] * 1e6:,.2f} uJ ({e['on_chip_j'] * 1e6:,.2f} uJ on chip); TOPS/W in the "
+        f"paper's convention (CIM scoring ops, 1 MAC = {r['config']['ops_per_mac']} ops): "
+        + (f"SoC {e['tops_per_w_by_ops']['cim']:.2f}, CIM core {f(e['cim_tops_per_w'], '.2f')}" if cim_ops
+           else "n/a (no CIM ops)"),
+        f"  area           {r['area']['total_mm2']:.2f} mm2"
+        + (f", SoC {r['area']['gops_per_mm2_by_ops']['cim']:.1f} GOPS/mm2 (CIM scoring ops)" if cim_ops else ""),
         f"  utilization    {util}",
         f"  simulated in   {r['sim']['wall_s']:.2f} s wall, {r['sim']['events']:,} events "
         f"({r['sim']['events_per_s']:,.0f}/s)",
