@@ -66,6 +66,7 @@ class Calibration:
     table: dict[str, float]  # the technology table's values of the fitted entries
     fitted: dict[str, float]
     report: dict[str, Any]  # the peak run with the fitted values
+    functional: Any = None  # its functional pass (the same for every corner: costs do not change pruning)
 
 
 def peak_trace(layers: int = 16, seq_len: int = 128, seed: int = 0):
@@ -134,7 +135,7 @@ def calibrate(config: str = "configs/hybrid65nm.yaml", overrides: tuple[str, ...
     tech = tech_of(cfg)
     fitted = {"cim_cell_um2": cell, "cim_cell_step_fj": step}
     final = simulate(with_fit(**fitted), trace, functional=run.functional, model_accuracy=False).report
-    return Calibration(corner, {k: tech.entries[k].value for k in FITTED}, fitted, final)
+    return Calibration(corner, {k: tech.entries[k].value for k in FITTED}, fitted, final, run.functional)
 
 
 def paper_table(config: str = "configs/hybrid65nm.yaml", overrides: tuple[str, ...] = ()
@@ -146,6 +147,7 @@ def paper_table(config: str = "configs/hybrid65nm.yaml", overrides: tuple[str, .
     for corner in ("typical", "low", "high"):
         cal = calibrate(config, overrides, corner, trace, functional)
         cals.append(cal)
+        functional = cal.functional
     figs = [peak_figures(c.report) for c in cals]
     typ = figs[0]
 

@@ -168,3 +168,33 @@ def test_an_unregistered_kind_is_a_config_error_naming_the_registered_ones():
 
     with pytest.raises(ConfigError, match=r"cim.kind: expected one of charge_cim, digital_predictor"):
         load_config("configs/hybrid65nm.yaml", ["cim.kind=toy_scorer"])
+
+
+# --- the Result: assembled once by simulate, read by the report -------------------------------------------
+def test_the_result_carries_its_pieces_and_the_report_is_built_once(paper_cfg, small_trace):
+    res = simulate(paper_cfg, small_trace, model_accuracy=False)
+    assert res.report is res.report  # built on first use, never rebuilt or edited
+    assert res.error is None and res.end_ns == res.report["time"]["latency_ns"]
+    assert set(res.stats.results) >= {"cim0", "digital0", "sram", "dram", "interconnect", "other"}
+    # the demand table of the run is the one the counters followed; the dense one is its counterfactual
+    assert res.demand["digital_macs"].sum() == res.stats.results["digital0"]["counts"]["macs"]
+    from soc.dataflow import traffic_totals
+
+    assert res.report["traffic"]["dense"] == traffic_totals(res.dense_demand, res.stats.placement)
+
+
+def test_a_failed_run_hands_its_partial_result_with_the_exception(paper_cfg, small_trace, monkeypatch):
+    from soc.errors import SimulationStalled
+    from soc.system import System
+
+    original = System._fetch_stage
+
+    def broken_fetch(self, i, n, ready):
+        yield from original(self, i, n - 1, ready)  # loses the last tile
+
+    monkeypatch.setattr(System, "_fetch_stage", broken_fetch)
+    with pytest.raises(SimulationStalled) as info:
+        simulate(paper_cfg, small_trace, model_accuracy=False)
+    res = info.value.result
+    assert res.error is info.value and res.stats is None and res.config == paper_cfg
+    assert res.functional.chunks["layer"].size > 0 and res.wall_s > 0

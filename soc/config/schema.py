@@ -1,7 +1,9 @@
 """The SoC description: one frozen dataclass per block section, every parameter with its unit in its name.
 
 Defaults describe the paper's chip (configs/hybrid65nm.yaml restates them with provenance). Energies are per
-event; static power is charged over the whole run; areas are per instance.
+event; static power is charged over the whole run; areas are per instance. A cost field left null (the default)
+is derived by the block's own law from its size and precision and the technology table (``tech``); a value
+given here wins and is reported as ``user``. Block kinds are the registry's (soc/hw), asked at validation.
 """
 
 from __future__ import annotations
