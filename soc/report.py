@@ -90,7 +90,10 @@ def build_report(result: "Result") -> dict[str, Any]:
         for k, v in dyn.items():
             d[k] = d.get(k, 0.0) + v
         d["static"] = d.get("static", 0.0) + stat
-        tech.setdefault(group, res["costs"])  # instances of one section share one sheet
+        if group not in tech:  # instances of one section share one sheet; a user value shows its provenance
+            tech[group] = {k: ({**v, "provenance": cfg.provenance[f"{group}.{k}"]}
+                               if v["source"] == "user" and f"{group}.{k}" in cfg.provenance else v)
+                           for k, v in res["costs"].items()}
     total_j = sum(by_block.values())
     on_chip_j = total_j - by_block.get("dram", 0.0)
     cim_j = by_block.get("cim", 0.0)

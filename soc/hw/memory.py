@@ -91,7 +91,13 @@ class SimpleDram(Memory):
         self.count("write_bytes" if write else "read_bytes", nbytes)
         return [(self.channel, cfg.latency_ns + nbytes / cfg.bandwidth_gb_per_s)]
 
+    @classmethod
+    def cost_rule(cls, cfg, tech) -> dict[str, dict[str, Any]]:
+        """Off chip: the config states the device and I/O energies; no die area."""
+        return {"read_pj_per_byte": cost(cfg.read_pj_per_byte, 0.0, "", "pJ"),
+                "write_pj_per_byte": cost(cfg.write_pj_per_byte, 0.0, "", "pJ"),
+                "area_mm2": cost(cfg.area_mm2, 0.0, "", "mm2"), "static_mw": cost(cfg.static_mw, 0.0, "", "mW")}
+
     def energy_pj(self, counts: Mapping[str, Any]) -> dict[str, Any]:
-        cfg = self.cfg
-        return {"read": counts.get("read_bytes", 0.0) * cfg.read_pj_per_byte,
-                "write": counts.get("write_bytes", 0.0) * cfg.write_pj_per_byte}
+        return {"read": counts.get("read_bytes", 0.0) * self.cost_value("read_pj_per_byte"),
+                "write": counts.get("write_bytes", 0.0) * self.cost_value("write_pj_per_byte")}
