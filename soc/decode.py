@@ -38,9 +38,7 @@ from soc.report import build_report
 from soc.simulate import dense_config, pruning_spec
 from soc.system import System
 from soc.trace.format import Trace
-from soc.trace.meta import TraceMeta
-
-DECODE_MODES = ("greedy", "teacher_forced", "synthetic")
+from soc.trace.decode_meta import check_decode_meta
 
 
 @dataclass(frozen=True)
@@ -64,36 +62,9 @@ def decode_layout(trace) -> DecodeLayout | None:
         if isinstance(synth, dict) and synth.get("mode") == "decode" and m.query_offset > 0:
             return DecodeLayout(prompt=m.query_offset, steps=m.seq_len - m.query_offset, prefill_rows=False)
         return None
-    info = check_decode_meta(info, m, where)
+    info = check_decode_meta(info, m.to_dict(), where)
     return DecodeLayout(prompt=info["prompt_tokens"], steps=info["generated_tokens"],
                         prefill_rows=m.query_offset == 0, batch=info.get("batch", 1), mode=info["mode"])
-
-
-def check_decode_meta(info: Any, m: TraceMeta, where: str) -> dict:
-    """Validate ``meta.decode`` against the rest of the metadata (see README, trace format)."""
-    def fail(key: str, expected: str, got: Any) -> TraceError:
-        return TraceError(f"{where}: meta.decode.{key}: expected {expected}, got {got!r}")
-
-    if not isinstance(info, dict):
-        raise TraceError(f"{where}: meta.decode: expected an object, got {type(info).__name__}")
-    for key in ("prompt_tokens", "generated_tokens"):
-        val = info.get(key)
-        if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-            raise fail(key, "an integer >= 1", val)
-    if info["prompt_tokens"] + info["generated_tokens"] != m.seq_len:
-        raise fail("generated_tokens", f"prompt_tokens + generated_tokens = seq_len ({m.seq_len})",
-                   info["generated_tokens"])
-    if info.get("mode") not in DECODE_MODES:
-        raise fail("mode", " or ".join(repr(x) for x in DECODE_MODES), info.get("mode"))
-    batch = info.get("batch", 1)
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1 or m.kv_heads % batch:
-        raise fail("batch", f"an integer >= 1 dividing kv_heads ({m.kv_heads})", batch)
-    if not m.causal:
-        raise TraceError(f"{where}: meta.causal: expected true for a decode trace, got false")
-    if m.query_offset not in (0, info["prompt_tokens"]):
-        raise TraceError(f"{where}: meta.query_offset: expected 0 (prompt queries held) or prompt_tokens "
-                         f"({info['prompt_tokens']}) for a decode trace, got {m.query_offset}")
-    return info
 
 
 def _batched(arr: np.ndarray, batch: int) -> np.ndarray:
