@@ -193,6 +193,8 @@ def _step_row(t: int, prompt: int, res: dict) -> dict:
            "energy_j": h["energy"]["total_j"], "dram_energy_j": h["energy"]["by_block"].get("dram", 0.0),
            "kept_fraction": h["pruning"]["kept_fraction"], "output_rel_err": h["accuracy"]["output_rel_err"],
            "top1_agreement": h["accuracy"]["top1_agreement"],
+           "pairs_valid": int(res["func"].dense_chunks["pairs_valid"].sum()),
+           "pairs_kept": int(res["func"].chunks["pairs_kept"].sum()),
            "reload_ns": res["reload_ns"], "array_ns": res["array_ns"]}
     if d is not None:
         row.update(dense_latency_ns=d["time"]["latency_ns"], dense_dram_bytes=_dram_bytes(d),
