@@ -1,6 +1,6 @@
 """Decode on a Llama-7B-like workload: tokens/s and DRAM bytes per generated token against the context length.
 
-    python3 benchmarks/bench_decode.py [--contexts 512,1024,...,32768] [--layers 1] [--heads 8] [--steps 2]
+    python3 benchmarks/bench_decode.py [--contexts 64,128,...,32768] [--layers 1] [--heads 8] [--steps 2]
                                        [--out benchmarks/results/decode_context.json] [--img docs/img/decode_context.png]
 
 For each context N a synthetic decode trace of the llama-7b workload (head_dim 128, multi-head: one kv head per
@@ -81,11 +81,20 @@ def plot(data: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     xs = [r["context_tokens"] for r in data["contexts"]]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(14, 4))
     for name in data["rules"]:
         a.plot(xs, [r["rules"][name]["tokens_per_s"] for r in data["contexts"]], "o-", label=f"hybrid, {name}")
         b.plot(xs, [r["rules"][name]["dram_bytes_per_token"] / 1024 for r in data["contexts"]], "o-",
                label=f"hybrid, {name}")
+    for name in data["rules"]:
+        c.plot(xs, [r["dense"]["dram_bytes_per_token"] / r["rules"][name]["dram_bytes_per_token"]
+                    for r in data["contexts"]], "o-", label=f"hybrid, {name}")
+    c.axhline(1.0, color="k", ls="--", lw=1, label="crossover (no saving)")
+    c.set_xscale("log", base=2)
+    c.set_xlabel("context (cache tokens)")
+    c.set_ylabel("DRAM savings per token (dense / hybrid)")
+    c.grid(True, which="both", alpha=0.3)
+    c.legend(fontsize=8)
     a.plot(xs, [r["dense"]["tokens_per_s"] for r in data["contexts"]], "k--", label="dense")
     b.plot(xs, [r["dense"]["dram_bytes_per_token"] / 1024 for r in data["contexts"]], "k--", label="dense")
     for ax, what in ((a, "tokens/s"), (b, "DRAM KB per generated token")):
@@ -94,7 +103,7 @@ def plot(data: dict, path: Path) -> None:
         ax.set_xlabel("context (cache tokens)")
         ax.set_ylabel(what)
         ax.grid(True, which="both", alpha=0.3)
-    b.legend(fontsize=8)
+    a.legend(fontsize=8)
     fig.suptitle(f"Decode, Llama-7B-like ({data['layers']} layer x {data['heads']} heads, head_dim 128), "
                  "paper's chip", fontsize=10)
     fig.tight_layout()
@@ -104,7 +113,7 @@ def plot(data: dict, path: Path) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--contexts", default="512,1024,2048,4096,8192,16384,32768")
+    p.add_argument("--contexts", default="64,128,256,512,1024,2048,4096,8192,16384,32768")
     p.add_argument("--layers", type=int, default=1)
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--steps", type=int, default=2)

@@ -123,3 +123,21 @@ def test_soc_run_says_it_is_a_decode(tmp_path, trace, capsys):
 
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["decode"]["steps"] == G and len(report["decode"]["per_step"]) == G
+
+
+def test_dense_bytes_without_the_dense_event_loop_match_the_measured_ones(trace):
+    full = run_decode(cfg_of(), trace, steps=2, model_accuracy=False)["decode"]
+    fast = run_decode(cfg_of(), trace, steps=2, model_accuracy=False, dense_timing=False)["decode"]
+    assert fast["dram_bytes_per_token"]["dense"] == full["dram_bytes_per_token"]["dense"]
+    assert fast["dram_bytes_per_token"]["hybrid"] == full["dram_bytes_per_token"]["hybrid"]
+    assert fast["energy_j_per_token"]["dense"] is None and "dense_tokens_per_s" not in fast
+
+
+def test_a_synth_decode_trace_is_read_as_a_decode():
+    from soc.trace import synth_trace
+
+    legacy = synth_trace("smollm2-135m", layers=1, mode="decode", prompt=50, generate=2)
+    layout = decode_layout(legacy)
+    assert (layout.prompt, layout.steps, layout.prefill_rows) == (50, 2, False)
+    d = run_decode(cfg_of("cim.enabled=false"), legacy, model_accuracy=False)["decode"]
+    assert [r["cache_tokens"] for r in d["per_step"]] == [51, 52]
