@@ -119,6 +119,10 @@ def cmd_trace_capture(args: argparse.Namespace) -> int:
         text = text_path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise SocError(f"{text_path}: not UTF-8 text") from None
+    if args.mode != "decode" and (args.prompt is not None or args.generate is not None or args.teacher_forced):
+        raise SocError("--prompt/--generate/--teacher-forced: only with --mode decode")
+    if args.mode == "decode" and args.max_tokens is not None:
+        raise SocError("--max-tokens: not with --mode decode (use --prompt N --generate G)")
     if args.mode == "decode":
         from soc.models.capture import capture_decode
 

@@ -141,3 +141,11 @@ def test_a_synth_decode_trace_is_read_as_a_decode():
     assert (layout.prompt, layout.steps, layout.prefill_rows) == (50, 2, False)
     d = run_decode(cfg_of("cim.enabled=false"), legacy, model_accuracy=False)["decode"]
     assert [r["cache_tokens"] for r in d["per_step"]] == [51, 52]
+
+
+def test_capture_refuses_decode_options_without_decode_mode(capsys):
+    from soc.cli import main
+
+    code = main(["trace", "capture", "--model", "smollm2-135m", "--text", "README.md", "--generate", "4",
+                 "--out", "/nonexistent/x.npz"])
+    assert code == 2 and "only with --mode decode" in capsys.readouterr().err
