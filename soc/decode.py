@@ -183,7 +183,7 @@ def run_decode(cfg: SocConfig, trace, *, batch: int = 1, steps: int | None = Non
     if model_accuracy:
         from soc.decode_accuracy import decode_model_accuracy
 
-        acc = decode_model_accuracy(trace, layout, cfg)
+        acc = decode_model_accuracy(trace, layout, cfg, prefill["func"] if prefill else None)
         if acc is not None:
             report["decode"]["accuracy"]["model"] = acc
     report["sim"]["wall_s"] = time.perf_counter() - wall0

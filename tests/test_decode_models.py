@@ -67,3 +67,19 @@ def test_the_committed_decode_trace_is_a_greedy_decode():
     trace = load_trace("traces/smollm2-135m-lighthouse-decode.npz")
     layout = decode_layout(trace)
     assert (layout.prompt, layout.steps, layout.prefill_rows, layout.mode) == (64, 16, True, "greedy")
+
+
+def test_decode_keep_fn_prunes_each_continuation_row_against_its_own_cache():
+    from soc.attention.functional import run_functional
+    from soc.decode_accuracy import decode_keep_fn
+    from soc.simulate import pruning_spec
+
+    cfg = load_config("configs/hybrid65nm.yaml", ["pruning.rule=topk", "pruning.topk_keys=5"])
+    rng = np.random.default_rng(0)
+    q, k = rng.standard_normal((4, 12, 16), dtype=np.float32), rng.standard_normal((2, 12, 16), dtype=np.float32)
+    spec = pruning_spec(cfg)
+    pre = run_functional(q[None, :, :8], k[None, :, :8], k[None, :, :8], scale=0.25, causal=True, pruning=spec,
+                         q_tile=32, k_tile=64)
+    keep = decode_keep_fn(spec, pre, 8, 0.25, 0)(0, q, k)
+    assert not np.triu(keep, 1).any()  # causal
+    assert (keep.sum(-1) == np.minimum(5, np.arange(1, 13))).all()  # top-5 of each row's own cache
