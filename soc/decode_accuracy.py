@@ -59,8 +59,9 @@ def decode_keep_fn(spec, prefill, prompt: int, scale: float, seed: int):
         approx = approx_scores(q, k, spec.quant, scale, head_rngs=_head_rngs(seed, 0, layer, 0, heads)).scores
         keep = np.zeros((heads, seq, seq), dtype=bool)
         thr = prefill.per_layer[layer].get("thresholds") if rule.rule == "threshold" else None
+        # a batched prefill holds copies of the sequence as extra heads: the first copy's references
         keep[:, :prompt, :prompt] = prune_mask(approx[:, :prompt, :prompt], valid[:prompt, :prompt], rule,
-                                               None if thr is None else np.asarray(thr), query_offset=0)
+                                               None if thr is None else np.asarray(thr)[:heads], query_offset=0)
         for r in range(prompt, seq):
             keep[:, r:r + 1, :r + 1] = prune_mask(approx[:, r:r + 1, :r + 1], valid[r:r + 1, :r + 1], rule,
                                                   None, query_offset=r)

@@ -83,3 +83,15 @@ def test_decode_keep_fn_prunes_each_continuation_row_against_its_own_cache():
     keep = decode_keep_fn(spec, pre, 8, 0.25, 0)(0, q, k)
     assert not np.triu(keep, 1).any()  # causal
     assert (keep.sum(-1) == np.minimum(5, np.arange(1, 13))).all()  # top-5 of each row's own cache
+
+
+def test_a_batched_decode_of_a_capture_runs_the_model_once_per_sequence(greedy):
+    from soc.decode import run_decode
+
+    q, k, v, meta = greedy
+    trace = Trace(q=q, k=k, v=v, meta=TraceMeta.from_dict(meta))
+    cfg = load_config("configs/hybrid65nm.yaml", [])
+    one = run_decode(cfg, trace, steps=2)["decode"]
+    two = run_decode(cfg, trace, steps=2, batch=2)["decode"]
+    assert two["batch"] == 2 and two["per_step"][0]["pairs_valid"] == 2 * one["per_step"][0]["pairs_valid"]
+    assert two["accuracy"]["model"]["predictions"] == one["accuracy"]["model"]["predictions"] == 6
