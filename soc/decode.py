@@ -35,7 +35,7 @@ from soc.config.schema import SocConfig
 from soc.dataflow import Shape
 from soc.errors import ConfigError, TraceError
 from soc.report import build_report
-from soc.simulate import dense_config, pruning_spec
+from soc.simulate import dense_config, pruning_spec, shape_of
 from soc.system import System
 from soc.trace.format import Trace
 from soc.trace.decode_meta import check_decode_meta
@@ -96,12 +96,6 @@ def append_transfers(cfg: SocConfig, shape: Shape, tokens: int) -> tuple[tuple[s
     return tuple(out)
 
 
-def _shape(sub: Trace) -> Shape:
-    m = sub.meta
-    return Shape(layers=m.layers, heads=m.heads, seq_q=sub.q.shape[2], seq_k=m.seq_len, head_dim=m.head_dim,
-                 kv_heads=m.kv_heads)
-
-
 def _dram_bytes(report: dict) -> float:
     t = report["traffic"]
     return t["dram_read_bytes"] + t["dram_write_bytes"]
@@ -113,7 +107,7 @@ def simulate_window(cfg: SocConfig, sub: Trace, *, seed: int, appended: int, den
     Returns {"hybrid": report, "dense": report or None, "reload_ns", "array_ns" (the CIM arrays' rewrite and
     busy time), "func" (the functional result), "dense_append_bytes"}."""
     wall0 = time.perf_counter()
-    shape = _shape(sub)
+    shape = shape_of(sub)
     m = sub.meta
     system = System(cfg, shape)
     func = run_functional(sub.q, sub.k, sub.v, scale=m.scale, causal=True, query_offset=m.query_offset,

@@ -10,7 +10,7 @@ from soc.attention.functional import run_functional
 from soc.config import load_config
 from soc.decode import decode_layout, run_decode, synth_decode, total_pairs, window
 from soc.errors import TraceError
-from soc.simulate import pruning_spec
+from soc.simulate import pruning_spec, shape_of
 from soc.trace import TraceMeta, load_trace, save_trace
 
 P, G, LAYERS = 100, 3, 2  # smollm2-135m shape: 9 query heads share 3 kv heads (GQA), head_dim 64
@@ -149,3 +149,25 @@ def test_capture_refuses_decode_options_without_decode_mode(capsys):
     code = main(["trace", "capture", "--model", "smollm2-135m", "--text", "README.md", "--generate", "4",
                  "--out", "/nonexistent/x.npz"])
     assert code == 2 and "only with --mode decode" in capsys.readouterr().err
+
+
+def test_system_appends_are_real_transfers(trace):
+    """The System hook: an append moves its bytes SRAM -> DRAM in the event loop, alongside the walk."""
+    from soc.decode import append_transfers
+    from soc.system import System
+
+    cfg = cfg_of("cim.enabled=false")
+    layout = decode_layout(trace)
+    sub = window(trace, layout, P, 1, P + 1)
+    shape = shape_of(sub)
+    func = run_functional(sub.q, sub.k, sub.v, scale=sub.meta.scale, causal=True, query_offset=P,
+                          pruning=pruning_spec(cfg), q_tile=32, k_tile=64)
+    plain = System(cfg, shape).run(func.chunks)
+    appends = append_transfers(cfg, shape, 1)
+    with_append = System(cfg, shape).run(func.chunks, appends)
+    nbytes = sum(a[2] for a in appends)
+    assert nbytes == LAYERS * trace.meta.kv_heads * 2 * trace.meta.head_dim * cfg.dataflow.element_bytes
+    assert with_append.counts["dram"]["write_bytes"] - plain.counts["dram"]["write_bytes"] == nbytes
+    assert with_append.counts["sram"]["read_bytes"] - plain.counts["sram"]["read_bytes"] == nbytes
+    alone = cfg.dram.latency_ns + nbytes / cfg.dram.bandwidth_gb_per_s
+    assert with_append.latency_ns >= max(plain.latency_ns, alone)
