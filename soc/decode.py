@@ -186,7 +186,9 @@ def run_decode(cfg: SocConfig, trace, *, batch: int = 1, steps: int | None = Non
 
 def _step_row(t: int, prompt: int, res: dict) -> dict:
     h, d = res["hybrid"], res["dense"]
-    dense_best = (h["traffic"].get("dense_best") or {})
+    dense_best = h["traffic"].get("dense_best") or {}
+    if not {"dram_read_bytes", "dram_write_bytes"} <= set(dense_best):
+        dense_best = {}
     row = {"step": t, "cache_tokens": prompt + t + 1, "latency_ns": h["time"]["latency_ns"],
            "dram_bytes": _dram_bytes(h),
            "energy_j": h["energy"]["total_j"], "dram_energy_j": h["energy"]["by_block"].get("dram", 0.0),
