@@ -140,7 +140,7 @@ def run_decode(cfg: SocConfig, trace, *, batch: int = 1, steps: int | None = Non
                model_accuracy: bool = True, dense_timing: bool = True) -> dict[str, Any]:
     """Decode ``trace`` step by step on ``cfg``; returns the report of the last step with a ``decode`` section
     (see README, report.json). ``steps`` keeps the first N decode steps; ``batch`` replicates the sequence.
-    ``dense_timing=False`` skips the dense SoC's event loop (half the wall time): its DRAM bytes then come from
+    ``dense_timing=False`` skips the dense SoC's event loop (~20 % of the wall time): its DRAM bytes come from
     the demand rule of the same tiles plus the K/V append, and its time and energy are null."""
     wall0 = time.perf_counter()
     layout = decode_layout(trace)
