@@ -46,6 +46,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.set or [])
     trace = load_trace(args.trace or default_trace(), mmap=True)
+    from soc.decode import decode_layout
+    if decode_layout(trace) is not None:  # a decode trace: a prefill, then one simulation per step
+        return _run_decode(args, cfg, trace)
     recorder, finish = _timeline(args)
     result = simulate(cfg, trace, recorder=recorder, seed=args.seed)
     out = Path(args.out)
@@ -55,6 +58,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"  wrote          {out / 'report.json'}")
     if finish is not None:
         finish(result)
+    return 0
+
+
+def _run_decode(args: argparse.Namespace, cfg, trace) -> int:
+    from soc.decode import decode_summary, run_decode
+    from soc.io import write_json
+    from soc.report import summary_text
+
+    if args.timeline or args.plots:
+        raise SocError("--timeline/--plots: not supported for a decode trace (one simulation per step)")
+    report = run_decode(cfg, trace, seed=args.seed, batch=args.batch)
+    out = Path(args.out)
+    note_replacing(out / "report.json")
+    write_json(out / "report.json", report)
+    print(f"soc: decode trace: prefill + {report['decode']['steps']} steps; the lines below are the last step")
+    print(summary_text(report))
+    print(decode_summary(report))
+    print(f"  wrote          {out / 'report.json'}")
     return 0
 
 
@@ -98,7 +119,17 @@ def cmd_trace_capture(args: argparse.Namespace) -> int:
         text = text_path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise SocError(f"{text_path}: not UTF-8 text") from None
-    q, k, v, meta = capture(args.model, text, max_tokens=args.max_tokens, source_name=text_path.name)
+    if args.mode != "decode" and (args.prompt is not None or args.generate is not None or args.teacher_forced):
+        raise SocError("--prompt/--generate/--teacher-forced: only with --mode decode")
+    if args.mode == "decode" and args.max_tokens is not None:
+        raise SocError("--max-tokens: not with --mode decode (use --prompt N --generate G)")
+    if args.mode == "decode":
+        from soc.models.capture import capture_decode
+
+        q, k, v, meta = capture_decode(args.model, text, prompt_tokens=args.prompt, generate=args.generate or 1,
+                                       teacher_forced=args.teacher_forced, source_name=text_path.name)
+    else:
+        q, k, v, meta = capture(args.model, text, max_tokens=args.max_tokens, source_name=text_path.name)
     path = save_trace(args.out, q, k, v, meta)
     print(f"wrote {path}: {meta['model']}, {meta['tokens']} tokens, {meta['layers']} layers x "
           f"{meta['heads']} heads")
@@ -135,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--timeline-max-events", type=int, default=None, metavar="N",
                    help="event budget of the timeline (default 200000, 0: no limit); truncation is noted")
     r.add_argument("--seed", type=int, default=None, help="seed of the analog noise (default: the config's)")
+    r.add_argument("--batch", type=int, default=1, help="decode traces: sequences decoded together (default 1)")
     r.set_defaults(func=cmd_run)
 
     t = sub.add_parser("trace", help="make or inspect workload traces")
@@ -154,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--model", required=True, choices=("minilm-l6", "smollm2-135m"))
     c.add_argument("--text", required=True)
     c.add_argument("--max-tokens", type=int, default=None)
+    c.add_argument("--mode", choices=("prefill", "decode"), default="prefill",
+                   help="decode: the model decodes with a KV cache after --prompt tokens for --generate steps")
+    c.add_argument("--prompt", type=int, default=None, help="decode: prompt tokens (default: the whole text)")
+    c.add_argument("--generate", type=int, default=None, help="decode: steps (default 1)")
+    c.add_argument("--teacher-forced", action="store_true",
+                   help="decode: feed the text's own next tokens instead of the greedy ones")
     c.add_argument("--out", required=True)
     c.add_argument("--force", action="store_true", help="replace an existing trace")
     c.set_defaults(func=cmd_trace_capture)

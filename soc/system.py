@@ -247,7 +247,16 @@ class System:
         d.update(addresses(chunks, self.cfg, self.shape, self.shape.kv_heads, self.address_map))
         return d
 
-    def run(self, chunks: dict[str, np.ndarray]) -> SimStats:
+    def _append_stage(self, appends: tuple[tuple[str, str, float, str], ...]):
+        """Writes outside the tile walk (a decode step's new K/V row and key MSBs), contending for the same
+        links and memories as the walk."""
+        for src, dst, nbytes, label in appends:
+            self.waiting["append"] = f"{label} ({src} -> {dst})"
+            yield from self._move(src, dst, nbytes, label)
+        self.waiting.pop("append", None)
+
+    def run(self, chunks: dict[str, np.ndarray], appends: tuple[tuple[str, str, float, str], ...] = ()) -> SimStats:
+        """Walk the tiles of ``chunks``; ``appends`` are (src, dst, bytes, label) transfers run alongside."""
         wall0 = time.perf_counter()
         table = self.timing_table(chunks)
         self._demand = table
@@ -267,6 +276,8 @@ class System:
                 procs.append(self.env.process(self._feed_stage(i, mine)))
             procs.append(self.env.process(self._fetch_stage(i, len(idx), ready)))
             procs.append(self.env.process(self._digital_stage(i, len(idx), ready)))
+        if appends:
+            procs.append(self.env.process(self._append_stage(tuple(appends))))
         self.env.run()
         if any(p.is_alive for p in procs):
             blocked = "; ".join(f"{k} waits for {v}" for k, v in sorted(self.waiting.items()))

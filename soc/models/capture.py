@@ -144,3 +144,45 @@ def evaluate_pruning(meta: Mapping[str, Any], keep_fn: KeepFn) -> dict:
     out["model"] = m.name
     out["tokens"] = len(ids)
     return out
+
+
+def capture_decode(model: str, text: str, *, prompt_tokens: int | None = None, generate: int,
+                   teacher_forced: bool = False, source_name: str | None = None,
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """A decode trace: the model decodes with a KV cache after a prompt of the text's first ``prompt_tokens``
+    tokens (default: all of them), greedily or fed the text's next ``generate`` tokens (``teacher_forced``).
+    q, k, v cover every position (the prompt's queries too: the prefill is replayed); ``meta.decode`` says
+    where the prompt ends (see README, trace format)."""
+    mod = _module(model)
+    m = mod.load()
+    where = source_name or "text"
+    if not hasattr(m, "generate"):
+        raise ModelError(f"model: {model} is an encoder; --mode decode needs a decoder (smollm2-135m)")
+    if not isinstance(text, str) or not text.strip():
+        raise ModelError(f"{where}: the text is empty; expected some English text to tokenize")
+    for name, val in (("generate", generate), ("prompt_tokens", prompt_tokens)):
+        if val is not None and (isinstance(val, bool) or not isinstance(val, numbers.Integral) or val < 1):
+            raise ModelError(f"{name}: expected a positive integer, got {val!r}")
+    ids = m.tokenize(text)
+    prompt = len(ids) if prompt_tokens is None else int(prompt_tokens)
+    need = prompt + (generate if teacher_forced else 0)
+    if need > len(ids):
+        raise ModelError(f"{where}: {len(ids)} tokens; expected at least {need} (prompt {prompt}"
+                         f"{f' + {generate} forced' if teacher_forced else ''})")
+    if prompt + generate > m.max_tokens:
+        raise ModelError(f"prompt + generate = {prompt + generate} exceeds {model}'s limit of {m.max_tokens}")
+    forced = ids[prompt:prompt + generate] if teacher_forced else None
+    seq_ids, next_id, buffers = m.generate(ids[:prompt], int(generate), forced)
+    meta = {
+        "format": FORMAT, "model": model, "source": "capture", "causal": True, "layers": m.layers,
+        "heads": m.heads, "kv_heads": m.kv_heads, "seq_len": len(seq_ids), "head_dim": m.head_dim,
+        "scale": float(m.scale), "query_offset": 0,
+        "text_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(), "tokens": len(seq_ids),
+        "provenance": _provenance(m), "token_ids": [int(t) for t in seq_ids],
+        "decode": {"prompt_tokens": prompt, "generated_tokens": int(generate),
+                   "mode": "teacher_forced" if teacher_forced else "greedy", "batch": 1,
+                   "next_token_id": int(next_id), "continuation": m.decode(seq_ids[prompt:])},
+    }
+    if source_name is not None:
+        meta["text"] = str(source_name)
+    return buffers.q, buffers.k, buffers.v, meta

@@ -164,35 +164,39 @@ def attention(
     keep: np.ndarray | None,
     stats: AttentionStats,
     want_probs: bool = False,
+    query_offset: int = 0,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Grouped-query attention with an optional keep mask.
 
-    q (H,S,D), k and v (KV,S,D) float32; query head h reads kv head h // (H // KV) (LLaMA / llama.cpp
-    grouping). Returns the context (H,S,D) and, if asked, the probabilities (H,S,S).
+    q (H,S,D), k and v (KV,T,D) float32, the queries at positions query_offset .. query_offset+S-1 of the
+    T = query_offset + S keys when causal (a KV-cache step), T = S otherwise; query head h reads kv head
+    h // (H // KV) (LLaMA / llama.cpp grouping). Returns the context (H,S,D) and, if asked, the
+    probabilities (H,S,T).
     """
     heads, seq, dim = q.shape
-    kv_heads = k.shape[0]
+    kv_heads, seq_k = k.shape[0], k.shape[1]
+    off = query_offset
     group = heads // kv_heads
     q4 = q.reshape(kv_heads, group, seq, dim)
     ctx = np.empty((kv_heads, group, seq, dim), dtype=np.float32)
-    probs_all = np.zeros((heads, seq, seq), dtype=np.float32) if want_probs else None
-    allowed_count = heads * (seq * (seq + 1) // 2 if causal else seq * seq)
+    probs_all = np.zeros((heads, seq, seq_k), dtype=np.float32) if want_probs else None
+    allowed_count = heads * (seq * off + seq * (seq + 1) // 2 if causal else seq * seq_k)
     kept_count = 0
-    rows = max(1, _BLOCK_ELEMENTS // (heads * seq))
+    rows = max(1, _BLOCK_ELEMENTS // (heads * seq_k))
     for i0 in range(0, seq, rows):
         i1 = min(seq, i0 + rows)
         n = i1 - i0
-        # A causal block of queries [i0, i1) never sees keys at or after i1: half the work at long S.
-        kend = i1 if causal else seq
+        # A causal block of queries [i0, i1) never sees keys at or after off + i1: half the work at long S.
+        kend = off + i1 if causal else seq_k
         # (KV, group*n, D) @ (KV, D, kend): one batched GEMM per kv head, no copies of K per query head.
         qb = q4[:, :, i0:i1].reshape(kv_heads, group * n, dim)
         logits = np.matmul(qb, k[:, :kend].transpose(0, 2, 1)).reshape(heads, n, kend)
         logits *= np.float32(scale)
         # ``blocked``: pairs the softmax must not see (future keys if causal, keys pruned by the keep mask).
-        blocked = np.arange(kend)[None, :] > np.arange(i0, i1)[:, None] if causal else None
+        blocked = np.arange(kend)[None, :] > np.arange(off + i0, off + i1)[:, None] if causal else None
         if keep is None:
-            # rows i0..i1-1 of a causal block see i+1 keys each
-            kept_count += heads * ((i1 * (i1 + 1) - i0 * (i0 + 1)) // 2 if causal else n * kend)
+            # rows i0..i1-1 of a causal block see off+i+1 keys each
+            kept_count += heads * (n * off + (i1 * (i1 + 1) - i0 * (i0 + 1)) // 2 if causal else n * kend)
         else:
             kb = keep[:, i0:i1, :kend]
             blocked = ~kb if blocked is None else ~kb | blocked
@@ -249,8 +253,9 @@ class CaptureBuffers:
         self.k = np.empty((layers, kv_heads, seq, head_dim), dtype=np.float16)
         self.v = np.empty((layers, kv_heads, seq, head_dim), dtype=np.float16)
 
-    def store(self, layer: int, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> None:
+    def store(self, layer: int, q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int = 0) -> None:
+        """Positions start .. start+S-1 of one layer (a KV-cache step stores its new rows)."""
         for name, dst, src in (("q", self.q, q), ("k", self.k, k), ("v", self.v, v)):
             if not np.isfinite(src).all() or np.abs(src).max() > np.finfo(np.float16).max:
                 raise ModelError(f"layer {layer} {name} overflows float16 (max |x| {np.abs(src).max():.4g})")
-            dst[layer] = src
+            dst[layer, :, start:start + src.shape[1]] = src

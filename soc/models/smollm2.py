@@ -158,29 +158,10 @@ class SmolLM2:
         shape = (self.layers, self.heads, self.kv_heads, seq, self.head_dim)
         buffers = CaptureBuffers(*shape) if capture else None
         probs_all: list[np.ndarray] = []
-        nq, nkv = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        for i, b in enumerate(self.blocks):
-            qkv = rms_norm(x, b["attn_norm"], self.eps) @ b["qkv"].T
-            q = qkv[:, :nq].reshape(seq, self.heads, self.head_dim).transpose(1, 0, 2)
-            k = qkv[:, nq:nq + nkv].reshape(seq, self.kv_heads, self.head_dim).transpose(1, 0, 2)
-            v = np.ascontiguousarray(qkv[:, nq + nkv:].reshape(seq, self.kv_heads, self.head_dim)
-                                     .transpose(1, 0, 2))
-            q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
-            if buffers is not None:
-                buffers.store(i, q, k, v)
-            keep = None
-            if keep_fn is not None:
-                keep = keep_fn(i, as_trace_precision(q), as_trace_precision(k))
-                if keep is not None:
-                    keep = check_keep_mask(keep, i, (self.heads, seq, seq))
-            ctx, probs = attention(q, k, v, scale=self.scale, causal=True, keep=keep, stats=stats,
-                                   want_probs=want_probs)
+        for i in range(self.layers):
+            x, probs = self._block(i, x, cos, sin, 0, None, buffers, keep_fn, stats, want_probs)
             if probs is not None:
                 probs_all.append(probs)
-            x = x + ctx.transpose(1, 0, 2).reshape(seq, self.hidden) @ b["o"].T
-            gate_up = rms_norm(x, b["ffn_norm"], self.eps) @ b["gate_up"].T
-            gate, up = gate_up[:, :self.ffn], gate_up[:, self.ffn:]
-            x = x + (gate / (1.0 + np.exp(-gate)) * up) @ b["down"].T  # SwiGLU: silu(gate) * up
             hidden_states.append(x)
         logits = rms_norm(x, self.final_norm, self.eps) @ self.lm_head.T if want_logits else None
         result = ForwardResult(output=logits, hidden_states=hidden_states, stats=stats,
@@ -188,6 +169,68 @@ class SmolLM2:
         if buffers is not None:
             result.q, result.k, result.v = buffers.q, buffers.k, buffers.v
         return result
+
+    def _block(self, i: int, x: np.ndarray, cos: np.ndarray, sin: np.ndarray, start: int,
+               cache: tuple[np.ndarray, np.ndarray] | None, buffers: CaptureBuffers | None,
+               keep_fn: KeepFn | None, stats: AttentionStats, want_probs: bool,
+               ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Layer ``i`` on the hidden states x (S, hidden) of positions start .. start+S-1. With a KV ``cache``
+        (k, v of shape (L, KV, T, D)) the new rows are appended and the queries attend to the whole cache."""
+        b = self.blocks[i]
+        seq = x.shape[0]
+        nq, nkv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        qkv = rms_norm(x, b["attn_norm"], self.eps) @ b["qkv"].T
+        q = qkv[:, :nq].reshape(seq, self.heads, self.head_dim).transpose(1, 0, 2)
+        k = qkv[:, nq:nq + nkv].reshape(seq, self.kv_heads, self.head_dim).transpose(1, 0, 2)
+        v = np.ascontiguousarray(qkv[:, nq + nkv:].reshape(seq, self.kv_heads, self.head_dim).transpose(1, 0, 2))
+        pos_cos, pos_sin = cos[start:start + seq], sin[start:start + seq]
+        q, k = self._rope(q, pos_cos, pos_sin), self._rope(k, pos_cos, pos_sin)
+        if buffers is not None:
+            buffers.store(i, q, k, v, start)
+        if cache is not None:
+            cache[0][i, :, start:start + seq], cache[1][i, :, start:start + seq] = k, v
+            k, v = cache[0][i, :, :start + seq], cache[1][i, :, :start + seq]
+        keep = None
+        if keep_fn is not None:
+            keep = keep_fn(i, as_trace_precision(q), as_trace_precision(k))
+            if keep is not None:
+                keep = check_keep_mask(keep, i, (self.heads, seq, start + seq))
+        ctx, probs = attention(q, k, v, scale=self.scale, causal=True, keep=keep, stats=stats,
+                               want_probs=want_probs, query_offset=start)
+        x = x + ctx.transpose(1, 0, 2).reshape(seq, self.hidden) @ b["o"].T
+        gate_up = rms_norm(x, b["ffn_norm"], self.eps) @ b["gate_up"].T
+        gate, up = gate_up[:, :self.ffn], gate_up[:, self.ffn:]
+        return x + (gate / (1.0 + np.exp(-gate)) * up) @ b["down"].T, probs  # SwiGLU: silu(gate) * up
+
+    def generate(self, prompt: list[int], steps: int, forced: list[int] | None = None,
+                 ) -> tuple[list[int], int, CaptureBuffers]:
+        """Autoregressive decode with a KV cache: a prefill of ``prompt``, then ``steps`` one-token steps fed
+        the greedy next token (or ``forced[t]``, teacher forcing). Returns the ids of the P + steps positions
+        (prompt, then the tokens the steps were fed), the token the last step predicts, and the q, k, v of
+        every position (float16)."""
+        total = len(prompt) + steps
+        if not prompt or steps < 1 or total > self.max_tokens:
+            raise ModelError(f"{NAME} decodes a prompt of >= 1 token and >= 1 step within {self.max_tokens} "
+                             f"positions, got {len(prompt)} + {steps}")
+        if forced is not None and len(forced) != steps:
+            raise ModelError(f"forced: expected {steps} token ids (one per step), got {len(forced)}")
+        cos, sin = self._rope_tables(total)
+        kv = (np.empty((self.layers, self.kv_heads, total, self.head_dim), np.float32),
+              np.empty((self.layers, self.kv_heads, total, self.head_dim), np.float32))
+        buffers = CaptureBuffers(self.layers, self.heads, self.kv_heads, total, self.head_dim)
+        stats = AttentionStats()
+        ids, start, new = list(prompt), 0, list(prompt)
+        while True:
+            x = self.embed[np.asarray(new, dtype=np.int64)]
+            for i in range(self.layers):
+                x, _ = self._block(i, x, cos, sin, start, kv, buffers, None, stats, False)
+            logits = rms_norm(x[-1:], self.final_norm, self.eps) @ self.lm_head.T  # the last position only
+            predicted = int(logits[0].argmax())
+            start += len(new)
+            if start == total:
+                return ids, predicted, buffers
+            new = [predicted if forced is None else int(forced[start - len(prompt)])]
+            ids += new
 
     @staticmethod
     def perplexity(logits: np.ndarray, ids: list[int] | np.ndarray) -> float:

@@ -93,6 +93,9 @@ def _normalize_meta(d: Any, where: str) -> dict[str, Any]:
             raise bad(where, f"meta.{key}", "a string", d[key])
         out[key] = d.get(key)
     extra = {k: v for k, v in d.items() if k not in _KNOWN}
+    if "decode" in extra:  # a decode trace (soc.decode): its prompt/step counts must match the shape
+        from soc.trace.decode_meta import check_decode_meta
+        check_decode_meta(extra["decode"], out, where)
     try:
         out["extra"] = json.loads(json.dumps(extra, allow_nan=False))
     except (TypeError, ValueError) as exc:
