@@ -34,8 +34,7 @@ from soc.attention.functional import run_functional
 from soc.config.schema import SocConfig
 from soc.dataflow import Shape
 from soc.errors import ConfigError, TraceError
-from soc.report import build_report
-from soc.simulate import dense_config, pruning_spec, shape_of
+from soc.simulate import assemble, dense_config, pruning_spec, shape_of
 from soc.system import System
 from soc.trace.format import Trace
 from soc.trace.decode_meta import check_decode_meta
@@ -118,7 +117,7 @@ def simulate_window(cfg: SocConfig, sub: Trace, *, seed: int, appended: int, den
         table = system.timing_table(func.chunks)
         reload_ns, array_ns = float(table["write_ns"].sum()), float((table["write_ns"] + table["score_ns"]).sum())
     stats = system.run(func.chunks, append_transfers(cfg, shape, appended))
-    hybrid = build_report(cfg, sub, shape, func, stats, wall_s=time.perf_counter() - wall0)
+    hybrid = assemble(cfg, sub, func, stats, wall0=wall0).report
     dcfg = dense_config(cfg)
     out: dict[str, Any] = {"hybrid": hybrid, "dense": None, "reload_ns": reload_ns, "array_ns": array_ns,
                            "func": func,
@@ -128,7 +127,7 @@ def simulate_window(cfg: SocConfig, sub: Trace, *, seed: int, appended: int, den
         dstats = dsys.run(func.dense_chunks, append_transfers(dcfg, shape, appended))
         # only the dense report's time, traffic and energy are read; its tiles keep every valid pair
         dfunc = dataclasses.replace(func, chunks=func.dense_chunks, accuracy={**func.accuracy, "kept_fraction": 1.0})
-        out["dense"] = build_report(dcfg, sub, shape, dfunc, dstats, wall_s=0.0)
+        out["dense"] = assemble(dcfg, sub, dfunc, dstats, wall0=time.perf_counter()).report
     return out
 
 

@@ -104,14 +104,16 @@ def shape_of(trace) -> Shape:
 
 def simulate(cfg: SocConfig, trace, *, recorder: Recorder = OFF, seed: int | None = None,
              keep_output: bool = False, keep_masks: bool = False, calibration=None,
-             model_accuracy: bool = True, functional: FunctionalResult | None = None) -> Result:
+             model_accuracy: bool = True, functional: FunctionalResult | None = None,
+             appends: tuple = ()) -> Result:
     """Run ``trace`` on the SoC ``cfg``; ``seed`` (default ``cfg.seed``) drives the analog noise only.
 
     With ``model_accuracy`` and a trace captured from a model that is installed, the model is re-run with the
     same pruning in every layer and its task metric lands in ``result.model_accuracy`` (report
     ``accuracy.model``).
     ``functional`` reuses the functional pass of an earlier run with the same pruning, tiles and seed (configs
-    that differ only in timing, e.g. memory hierarchies, prune alike).
+    that differ only in timing, e.g. memory hierarchies, prune alike). ``appends`` are extra transfers run
+    beside the tile walk (a decode step's K/V append; see ``System.run``).
     """
     wall0 = time.perf_counter()
     if seed is not None:  # the report's resolved config records the seed actually used
@@ -138,20 +140,24 @@ def simulate(cfg: SocConfig, trace, *, recorder: Recorder = OFF, seed: int | Non
         trace.q, trace.k, trace.v, scale=m.scale, causal=m.causal, query_offset=m.query_offset, pruning=spec,
         q_tile=cfg.dataflow.q_tile_rows, k_tile=system.key_tile, seed=seed, keep_output=keep_output,
         keep_masks=keep_masks, calibration=calibration)
-    def result(stats, dense, task, error=None) -> Result:
-        return Result(config=cfg, shape=shape, trace_meta=m, trace_path=getattr(trace, "path", None),
-                      functional=func, stats=stats, dense_demand=dense, model_accuracy=task,
-                      wall_s=time.perf_counter() - wall0, error=error)
-
     try:
-        stats = system.run(func.chunks)
+        stats = system.run(func.chunks, appends)
     except Exception as exc:  # the partial result travels with the exception
-        exc.result = result(None, None, None, exc)  # type: ignore[attr-defined]
+        exc.result = assemble(cfg, trace, func, None, wall0=wall0, error=exc)  # type: ignore[attr-defined]
         raise
-    dense = demand(func.dense_chunks, dense_config(cfg), shape, stats.placement)
     task = None
     if model_accuracy:
         from soc.model_accuracy import model_accuracy as evaluate
 
         task = evaluate(trace, spec, func, seed)
-    return result(stats, dense, task)
+    return assemble(cfg, trace, func, stats, task=task, wall0=wall0)
+
+
+def assemble(cfg: SocConfig, trace, func: FunctionalResult, stats: SimStats | None, *, task=None,
+             wall0: float, error: BaseException | None = None) -> Result:
+    """The one place a ``Result`` is made: the run's pieces plus the dense counterfactual's demand table."""
+    shape = shape_of(trace)
+    dense = None if stats is None else demand(func.dense_chunks, dense_config(cfg), shape, stats.placement)
+    return Result(config=cfg, shape=shape, trace_meta=trace.meta, trace_path=getattr(trace, "path", None),
+                  functional=func, stats=stats, dense_demand=dense, model_accuracy=task,
+                  wall_s=time.perf_counter() - wall0, error=error)

@@ -176,14 +176,14 @@ def test_system_appends_are_real_transfers(trace):
 def test_dense_best_is_taken_from_the_step_reports_when_present(trace, monkeypatch):
     import soc.decode as dec
 
-    real = dec.build_report
+    real = dec.assemble
 
-    def with_best(cfg, sub, shape, func, stats, **kw):  # a report as the dense-best dataflow will give it
-        r = real(cfg, sub, shape, func, stats, **kw)
-        r["traffic"]["dense_best"] = {"dram_read_bytes": 1000.0, "dram_write_bytes": 24.0}
-        return r
+    def with_best(*args, **kw):  # a report as the dense-best dataflow will give it
+        res = real(*args, **kw)
+        res.report["traffic"]["dense_best"] = {"dram_read_bytes": 1000.0, "dram_write_bytes": 24.0}
+        return res
 
-    monkeypatch.setattr(dec, "build_report", with_best)
+    monkeypatch.setattr(dec, "assemble", with_best)
     d = run_decode(cfg_of(), trace, steps=1, model_accuracy=False)["decode"]
     append = LAYERS * trace.meta.kv_heads * 2 * trace.meta.head_dim  # dense K/V append, 1-byte elements
     assert d["dram_bytes_per_token"]["dense_best"] == 1024.0 + append
