@@ -39,6 +39,8 @@ def main(argv: list[str]) -> int:
     from soc.simulate import simulate
     from soc.trace import load_trace
 
+    limit = 0 if "--brief" in argv else 20
+    argv = [a for a in argv if a != "--brief"]
     base_dir, traces = Path(argv[0]), argv[1:]
     cfg = load_config("configs/hybrid65nm.yaml")
     bad = 0
@@ -53,7 +55,12 @@ def main(argv: list[str]) -> int:
         tiles = after["sim"]["chunks"]
         print(f"{stem}: {n} fields compared, {len(diffs)} differ; events per tile "
               f"{before['sim']['events'] / tiles:.1f} -> {after['sim']['events'] / tiles:.1f}")
-        for d in diffs[:20]:
+        if diffs:
+            sections = sorted({d.split(":")[0].split(".")[0] for d in diffs})
+            lat0, lat1 = before["time"]["latency_ns"], after["time"]["latency_ns"]
+            print(f"    sections that differ: {', '.join(sections)}; latency {lat0:.1f} -> {lat1:.1f} ns "
+                  f"({(lat1 / lat0 - 1) * 100:+.2f}%)")
+        for d in diffs[:limit]:
             print("   ", d)
         bad += bool(diffs)
     return 1 if bad else 0

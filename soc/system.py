@@ -23,6 +23,7 @@ from typing import Any, Iterator
 import numpy as np
 import simpy
 
+from soc import progress
 from soc.config.schema import SocConfig
 from soc.dataflow import AddressMap, Placement, Shape, addresses, demand, key_tile_keys, kv_placement
 from soc.errors import SimulationStalled, WiringError
@@ -207,7 +208,10 @@ class System:
     def _digital_stage(self, i: int, n: int, ready: Fifo):
         env, dig = self.env, self.digitals[i]
         name, macs = dig.name, dig.macs
-        for _ in range(n):
+        bar = self._progress
+        for done in range(1, n + 1):
+            if not done & 4095:  # a progress step per 4,096 tiles: no cost per tile worth measuring
+                bar.advance(4096)
             self.waiting[name] = "K/V buffer (empty)"
             r = yield from ready.get()
             # operands stream from SRAM into the MAC array while it computes
@@ -245,6 +249,7 @@ class System:
         cols = [np.asarray(chunks[k] if k in chunks else table[k]) for k in _ROW]
         owner = (chunks["layer"] * self.shape.heads + chunks["head"]) % self.pairs  # heads round-robin
         procs = []
+        idx_all = chunks["layer"]
         for i in range(self.pairs):
             idx = np.flatnonzero(owner == i)
             mine = _rows(cols, idx)
@@ -257,7 +262,8 @@ class System:
                 procs.append(self.env.process(self._feed_stage(i, mine)))
             procs.append(self.env.process(self._fetch_stage(i, len(idx), ready)))
             procs.append(self.env.process(self._digital_stage(i, len(idx), ready)))
-        self.env.run()
+        with progress.task("event loop", total=len(idx_all), unit="tile") as self._progress:
+            self.env.run()
         if any(p.is_alive for p in procs):
             blocked = "; ".join(f"{k} waits for {v}" for k, v in sorted(self.waiting.items()))
             raise SimulationStalled(f"simulation stalled at t={self.env.now:.1f} ns with work left: {blocked}")
