@@ -134,10 +134,13 @@ class BankArray:
         now = self.env.now
         if self.waiters:
             self._grant_ready(now)  # claims that waited get first pick of banks freed by now
-        banks = bank_set.banks
-        if self._ready(banks, now):
+        banks, free_at = bank_set.banks, self.free_at
+        for b in banks:
+            if free_at[b] > now:
+                break
+        else:
             for b in banks:
-                self.free_at[b] = CLAIMED
+                free_at[b] = CLAIMED
             return None
         wait = simpy.Event(self.env)
         self.waiters.append((bank_set, wait))
@@ -192,8 +195,11 @@ class BankSet:
         return self.array.claim(self)
 
     def occupy(self, start_ns: float, duration_ns: float, label: str, args: dict[str, Any] | None) -> None:
-        for port in self.ports:
-            port.charge(start_ns, duration_ns, label, args)
+        for port in self.ports:  # Port.charge inlined: 8 banks per access, ~0.1 us a call saved
+            port.busy_ns += duration_ns
+            port.jobs += 1
+            if port._span is not None:
+                port._span(start_ns, start_ns + duration_ns, label, args)
         self.array.occupy(self.banks, start_ns + duration_ns)
 
 
@@ -216,9 +222,12 @@ def hold(env: simpy.Environment, jobs: list[tuple[Any, float]], label: str,
     """
     if len(jobs) > 1:
         jobs = sorted(jobs, key=_claim_order)
+    longest = 0.0
     plain = None
     for job in jobs:
         port = job[0]
+        if job[1] > longest:
+            longest = job[1]
         if hasattr(port, "occupy"):
             wait = port.acquire()
             if wait is not None:
@@ -231,7 +240,6 @@ def hold(env: simpy.Environment, jobs: list[tuple[Any, float]], label: str,
                 plain = {}
             plain[port] = req
     start = env.now
-    longest = max(duration for _, duration in jobs)
     # the hold's own end is scheduled before any hand-over of its ports: at an instant where it frees a port,
     # this process goes on before the waiter it hands the port to, as with SimPy's Release and Request events
     # (waiter first moved the bundled traces' latency 1.2-3.2% from simpy.Resource's; this order 0.06-0.8%)
