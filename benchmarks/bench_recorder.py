@@ -41,12 +41,19 @@ from soc.timeline import TimelineFilter, TimelineSink  # noqa: E402
 
 @contextlib.contextmanager
 def hooks_removed():
-    """Swap in hook-free versions of the two per-event hooks, restoring them afterwards."""
+    """Swap in hook-free versions of the per-event hooks, restoring them afterwards."""
     charge, level = hwbase.Port.charge, tbmod.TokenBuffer._level_changed
+    bank_occupy = hwbase.BankSet.occupy
 
     def bare_charge(self, start_ns, duration_ns, label, args):
         self.busy_ns += duration_ns
         self.jobs += 1
+
+    def bare_bank_occupy(self, start_ns, duration_ns, label, args):  # BankSet charges its banks inline
+        for port in self.ports:
+            port.busy_ns += duration_ns
+            port.jobs += 1
+        self.array.occupy(self.banks, start_ns + duration_ns)
 
     def bare_level(self, delta):
         now = self.env.now
@@ -56,10 +63,12 @@ def hooks_removed():
         self.peak = max(self.peak, self._level)
 
     hwbase.Port.charge, tbmod.TokenBuffer._level_changed = bare_charge, bare_level
+    hwbase.BankSet.occupy = bare_bank_occupy
     try:
         yield
     finally:
         hwbase.Port.charge, tbmod.TokenBuffer._level_changed = charge, level
+        hwbase.BankSet.occupy = bank_occupy
 
 
 def _timed(system: System, chunks) -> tuple[float, float, float]:

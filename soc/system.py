@@ -23,11 +23,12 @@ from typing import Any, Iterator
 import numpy as np
 import simpy
 
+from soc import progress
 from soc.config.schema import SocConfig
 from soc.dataflow import AddressMap, Placement, Shape, addresses, demand, key_tile_keys, kv_placement
 from soc.errors import SimulationStalled, WiringError
 from soc.hw import base as hwbase
-from soc.hw.base import Block, MemAccess, hold
+from soc.hw.base import Block, Fifo, MemAccess, hold
 from soc.recorder import OFF, Recorder
 from soc.tech import tech_of, unmodelled
 from soc.topology import resolve_interconnect
@@ -146,7 +147,7 @@ class System:
         return args
 
     # --- stages --------------------------------------------------------------------------------------------
-    def _cim_load_stage(self, i: int, rows: Iterator[tuple], inputs: simpy.Store):
+    def _cim_load_stage(self, i: int, rows: Iterator[tuple], inputs: Fifo):
         """Prefetches each tile's query tile and key MSBs into SRAM while the array works on earlier tiles."""
         me = f"cim{i}.loader"
         for r in rows:
@@ -160,17 +161,17 @@ class System:
                 yield from self._move("dram", "sram", r[KMSB_FETCH], "k_msb_fetch",
                                       (MemAccess(r[MSB_ADDR], r[KMSB_FETCH]),), r)
             self.waiting[me] = f"cim{i} input buffer (full)"
-            yield inputs.put(r)
+            yield from inputs.put(r)
         self.waiting.pop(me, None)
 
-    def _cim_stage(self, i: int, n: int, inputs: simpy.Store):
+    def _cim_stage(self, i: int, n: int, inputs: Fifo):
         env, cim, tb = self.env, self.cims[i], self.buffers[i]
         name, dig = cim.name, f"digital{i}"
         array = cim.array
         msb_src = "sram" if self.placement.msb_on_chip else "dram"
         for _ in range(n):
             self.waiting[name] = f"cim{i} input buffer (empty)"
-            r = yield inputs.get()
+            r = yield from inputs.get()
             if r[KMSB_LOAD]:
                 # the key tile streams from memory straight into the array rows as they are written
                 self.waiting[name] = f"key tile load ({msb_src} -> array)"
@@ -197,7 +198,7 @@ class System:
             yield from tb.put(r, 0)
         self.waiting.pop(me, None)
 
-    def _fetch_stage(self, i: int, n: int, ready: simpy.Store):
+    def _fetch_stage(self, i: int, n: int, ready: Fifo):
         tb, me = self.buffers[i], f"fetch{i}"
         for _ in range(n):
             self.waiting[me] = f"token_buffer{i} (empty)"
@@ -210,15 +211,18 @@ class System:
                                       (MemAccess(r[K_ADDR], half, rows, r[KV_SPAN]),
                                        MemAccess(r[V_ADDR], half, rows, r[KV_SPAN])), r)
             self.waiting[me] = f"K/V buffer of digital{i} (full)"
-            yield ready.put(r)
+            yield from ready.put(r)
         self.waiting.pop(me, None)
 
-    def _digital_stage(self, i: int, n: int, ready: simpy.Store):
+    def _digital_stage(self, i: int, n: int, ready: Fifo):
         env, dig = self.env, self.digitals[i]
         name, macs = dig.name, dig.macs
-        for _ in range(n):
+        bar = self._progress
+        for done in range(1, n + 1):
+            if not done & 4095:  # a progress step per 4,096 tiles: no cost per tile worth measuring
+                bar.advance(4096)
             self.waiting[name] = "K/V buffer (empty)"
-            r = yield ready.get()
+            r = yield from ready.get()
             # operands stream from SRAM into the MAC array while it computes
             self.waiting[name] = "SRAM banks, link and MAC array"
             yield from hold(env, self._route_jobs("sram", name, r[KVREAD]) + [(macs, r[COMPUTE_NS])], "attend",
@@ -264,12 +268,13 @@ class System:
         cols = [np.asarray(chunks[k] if k in chunks else table[k]) for k in _ROW]
         owner = pair_of(chunks, self.shape.heads, self.pairs)
         procs = []
+        idx_all = chunks["layer"]
         for i in range(self.pairs):
             idx = np.flatnonzero(owner == i)
             mine = _rows(cols, idx)
-            ready = simpy.Store(self.env, capacity=2)
+            ready = Fifo(self.env, 2)
             if self.cims:
-                inputs = simpy.Store(self.env, capacity=2)  # double-buffered query/key-MSB inputs
+                inputs = Fifo(self.env, 2)  # double-buffered query/key-MSB inputs
                 procs.append(self.env.process(self._cim_load_stage(i, mine, inputs)))
                 procs.append(self.env.process(self._cim_stage(i, len(idx), inputs)))
             else:
@@ -278,7 +283,8 @@ class System:
             procs.append(self.env.process(self._digital_stage(i, len(idx), ready)))
         if appends:
             procs.append(self.env.process(self._append_stage(tuple(appends))))
-        self.env.run()
+        with progress.task("event loop", total=len(idx_all), unit="tile") as self._progress:
+            self.env.run()
         if any(p.is_alive for p in procs):
             blocked = "; ".join(f"{k} waits for {v}" for k, v in sorted(self.waiting.items()))
             raise SimulationStalled(f"simulation stalled at t={self.env.now:.1f} ns with work left: {blocked}")

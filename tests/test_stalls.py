@@ -186,13 +186,14 @@ def test_a_token_buffer_that_loses_entries(trace, monkeypatch):
 
 def test_a_dram_channel_that_is_never_released(trace, monkeypatch):
     """A resource held forever: everything that needs DRAM queues behind it, and each says so."""
-    original = Port.release
+    original = Port.occupy
 
-    def stuck_release(self, req):
+    def stuck(self, start_ns, duration_ns, label, args):
         if self.name != "dram.ch0":
-            original(self, req)
+            original(self, start_ns, duration_ns, label, args)
+        # else: the channel works but never frees itself (nor hands itself to a waiter)
 
-    monkeypatch.setattr(Port, "release", stuck_release)
+    monkeypatch.setattr(Port, "occupy", stuck)
     with pytest.raises(SimulationStalled) as info:
         simulate(load_config(PAPER), trace)
     assert _blocked(str(info.value)) == {"cim0.loader": "key MSB fetch (dram -> sram)",

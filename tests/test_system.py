@@ -116,3 +116,22 @@ def test_sram_too_small_for_a_tile_is_refused(small_trace):
     cfg = load_config("configs/hybrid65nm.yaml", ["sram.banks=1", "sram.bank_bytes=1024"])
     with pytest.raises(WiringError, match="sram"):
         simulate(cfg, small_trace)
+
+
+def test_event_loop_progress_is_shown_and_changes_nothing(paper_cfg, small_trace, hybrid_run):
+    """The event loop opens a progress task (tiles) that a face can draw; the run is the same with it."""
+    import io
+
+    from soc import progress
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tty = Tty()
+    with progress.shown(True, tty):
+        shown = simulate(paper_cfg, small_trace).report
+    tiles = hybrid_run.report["sim"]["chunks"]
+    assert "event loop" in tty.getvalue() and f"/{tiles}" in tty.getvalue()
+    plain = {k: v for k, v in hybrid_run.report.items() if k != "sim"}
+    assert {k: v for k, v in shown.items() if k != "sim"} == plain

@@ -48,6 +48,7 @@ class Interconnect(Network):
                 self.link_bytes[(u, v)] = 0.0
         self.routes: dict[tuple[str, str], list[tuple[str, str]]] = {}
         self.route_latency_ns: dict[tuple[str, str], float] = {}
+        self._resolved: dict[tuple[str, str], tuple[float, tuple[tuple[Port, float], ...], tuple]] = {}
 
     def check_nodes(self, blocks: set[str]) -> None:
         unknown = set(self.graph.nodes) - blocks - self.routers
@@ -67,19 +68,24 @@ class Interconnect(Network):
             raise WiringError(f"interconnect: no route {src} -> {dst}; add a link path between them") from None
         hops = list(zip(path[:-1], path[1:]))
         self.routes[(src, dst)] = hops
-        self.route_latency_ns[(src, dst)] = sum(self.graph.edges[h]["cfg"].latency_ns for h in hops)
+        lat = sum(self.graph.edges[h]["cfg"].latency_ns for h in hops)
+        self.route_latency_ns[(src, dst)] = lat
+        # resolved once: each port of the route with its slowest hop's bandwidth (a route over one shared
+        # medium twice holds it once), so a transfer reads a tuple, not the graph's edge dicts
+        slowest: dict[Port, float] = {}
+        for h in hops:
+            port, bw = self.link_ports[h], self.graph.edges[h]["cfg"].bandwidth_gb_per_s
+            slowest[port] = min(slowest.get(port, bw), bw)
+        self._resolved[(src, dst)] = (lat, tuple(slowest.items()), tuple(hops))
 
     def transfer(self, src: str, dst: str, nbytes: float) -> list[tuple[Port, float]]:
         """Every hop is held from the start: the head crosses the route's hops (their latencies add) and the
         body streams through each at its bandwidth; a route over one shared medium twice holds it once."""
-        lat = self.route_latency_ns[(src, dst)]
-        jobs: dict[Port, float] = {}
-        for hop in self.routes[(src, dst)]:
-            link = self.graph.edges[hop]["cfg"]
-            self.link_bytes[hop] += nbytes
-            port = self.link_ports[hop]
-            jobs[port] = max(jobs.get(port, 0.0), lat + nbytes / link.bandwidth_gb_per_s)
-        return list(jobs.items())
+        lat, ports, hops = self._resolved[(src, dst)]
+        link_bytes = self.link_bytes
+        for hop in hops:
+            link_bytes[hop] += nbytes
+        return [(port, lat + nbytes / bw) for port, bw in ports]
 
     def link_utilization(self, end_ns: float) -> dict[str, float]:
         ports = dict.fromkeys(self.link_ports.values())  # a shared medium's port once, in link order

@@ -29,6 +29,7 @@ class BankedSram(Memory):
         self.bank_array = BankArray(env, cfg.banks)
         self._order = next_order(self.claim_rank)
         self._cursor = 0  # next address: accesses stream through the banks round-robin
+        self._claims: dict[tuple[int, int], BankSet] = {}
 
     @property
     def capacity_bytes(self) -> int:
@@ -43,11 +44,12 @@ class BankedSram(Memory):
         self._cursor = (self._cursor + words) % cfg.banks
         duration = math.ceil(words / touched) / cfg.clock_ghz
         self.count("write_bytes" if write else "read_bytes", nbytes)
-        banks = [(first + i) % cfg.banks for i in range(touched)]
-        mask = 0
-        for b in banks:
-            mask |= 1 << b
-        return [(BankSet(self.bank_array, mask, [self.bank_ports[b] for b in banks], self._order), duration)]
+        claim = self._claims.get((first, touched))
+        if claim is None:  # a few (first bank, banks touched) shapes recur: build each claim once
+            banks = tuple((first + i) % cfg.banks for i in range(touched))
+            claim = BankSet(self.bank_array, banks, [self.bank_ports[b] for b in banks], self._order)
+            self._claims[(first, touched)] = claim
+        return [(claim, duration)]
 
     @classmethod
     def cost_rule(cls, cfg, tech) -> dict[str, dict[str, Any]]:

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import simpy
-
-from soc.hw.base import Buffer, logic_leak_mw, register
+from soc.hw.base import Buffer, Fifo, logic_leak_mw, register
 from soc.tech import cost
 
 
@@ -22,7 +20,7 @@ from soc.tech import cost
 class TokenBuffer(Buffer):
     def __init__(self, env, name, cfg, recorder) -> None:
         super().__init__(env, name, cfg, recorder)
-        self.store = simpy.Store(env, capacity=max(1, cfg.depth_entries))
+        self.store = Fifo(env, max(1, cfg.depth_entries))
         self.capacity = cfg.depth_entries
         self._occupancy_area = 0.0  # integral of occupancy over time, entry*ns
         self._last_t = 0.0
@@ -40,12 +38,12 @@ class TokenBuffer(Buffer):
             self._counter(now, self._level)
 
     def put(self, item, entry_bytes: float):
-        yield self.store.put(item)
+        yield from self.store.put(item)
         self.count("bytes", entry_bytes)
         self._level_changed(+1)
 
     def get(self):
-        item = yield self.store.get()
+        item = yield from self.store.get()
         self._level_changed(-1)
         return item
 
