@@ -1,297 +1,309 @@
-"""Bank-level off-chip DRAM (``dram.kind: banked``): channels, bank groups, banks, row buffers, JEDEC timing.
+"""The per-channel DRAM controller of ``dram.kind: banked``: a bounded transaction queue scheduled in batches.
 
-Hardware modelled. Each channel has its own data bus and banks; a bank holds at most one open row. A burst
-(``burst_length`` transfers of ``bus_bytes``) to the open row is a *hit* (column command only), to a
-precharged bank a *miss* (activate, then tRCD), to a bank with another row open a *conflict* (precharge, tRP,
-activate, tRCD). Column commands are spaced by tCCD_S/tCCD_L (other/same bank group) and by the burst on the
-data bus; activates by tRRD_S/tRRD_L and at most four per tFAW; a precharge waits for tRAS after its activate,
-tRTP after a read and tWR after write data; reads after writes wait tWTR, writes after reads a 2-cycle bus
-turnaround. Refresh (optional) closes every row for tRFC once per tREFI. Closed-form checks: on an idle
-channel a hit takes CL + burst, a miss tRCD + CL + burst, a conflict tRP + tRCD + CL + burst.
+A channel's controller holds the read requests that reached it (at most ``queue_depth``; more wait outside)
+and a write buffer (writes are posted: accepted at once while the buffer has room). At a *decision* it takes
+the queued work, either the reads or, when the buffer reaches ``write_high_watermark`` (or no read waits and it
+holds more than ``write_low_watermark`` bursts), every buffered write, and computes analytically when each
+burst's commands issue, without one SimPy event per burst:
 
-How it meets SimPy. ``access()`` turns a request into bursts (addresses decoded by ``address_mapping``) and a
-per-channel controller computes, analytically and without one event per burst, when every burst's data leaves
-the bus, given the banks' state; the request's claim on a channel is that channel's data bus for ``last data -
-start``. Consecutive requests pipeline: a request's activates and column commands may issue while the previous
-request's data is still on the bus. The cost is O(bursts): a Python loop for short requests, numpy plus a
-Python step per activate for long ones.
+- FR-FCFS: a bank with queued bursts to its open row serves those first (oldest first); only when none is left
+  is it precharged and the oldest other row activated. Across banks the controller always commits the command
+  that can issue earliest: activates of idle banks go ahead of column commands still waiting on tRCD, so banks
+  work in parallel within tRRD_S/L and four activates per tFAW (per rank).
+- Column commands share the data bus: tCCD_S/L and the burst within a rank, burst + tRTRS across ranks, tWTR
+  after writes, a 2-cycle turnaround before writes; a precharge waits for tRAS, tRTP and tWR.
 
-Scheduling, honestly stated. Requests on a channel are served in the order they reach the controller (tickets
-make the SimPy grant order equal that order). ``frfcfs`` reorders only *within* a request: per bank, bursts to
-the open row go first and each row's bursts are served together, while the interleaving of banks is kept (the
-SoC issues one request per stream at a time, so the controller queue rarely holds more than that). Activates
-are issued in service order. The schedule assumes the request starts when the dataflow issues it or the
-channel frees; if the transfer's links or SRAM banks delay it, the channel's timeline is shifted at start.
+The next decision comes when the batch's last column command is a row cycle (tRP + tRCD) away, so the next
+batch's activates overlap its tail; requests arriving meanwhile join that batch. A batch of more than
+``LIST_LIMIT`` bursts (long transfers of the SoC's dataflows) is served by the cheaper in-order path: bursts in
+arrival order after per-bank row grouping (the FR-FCFS order without cross-bank look-ahead), numpy for the
+hits and a Python step per activate.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from collections import deque
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
-import simpy
-
-from soc.hw.base import Block, MemAccess, Port, register
-from soc.hw.dram_presets import FIELDS, DramSpec, address_fields, resolve_spec
-
-__all__ = ["BankedDram", "DramSpec", "resolve_spec"]
-
-#: Requests (per channel) of at most this many bursts are scheduled by a plain Python loop; longer ones by the
-#: vectorized path (same rules; numpy's fixed cost per call only pays off on long requests).
-SMALL_REQUEST_BURSTS = 64
 
 NEVER = -1e18
 
+#: Batches of at most this many bursts go through the command-by-command scheduler (cross-bank look-ahead);
+#: longer ones through the in-order path (a Python step per activate instead of per burst).
+LIST_LIMIT = 256
+#: In-order path: requests of at most this many bursts use a plain Python loop, longer ones numpy.
+SMALL_REQUEST_BURSTS = 64
 
-class _Channel:
-    """One channel: its data bus (a ticketed claim, granted in the order requests reached the controller),
-    its banks' row buffers and timing state (Python lists: a bank count is small and read one at a time)."""
 
-    def __init__(self, env: simpy.Environment, port: Port, banks: int, first_refresh_ns: float) -> None:
-        self.env, self.port = env, port
-        self.order = port.order
-        self.issued = 0          # tickets handed out by access()
-        self.next_grant = 0      # ticket allowed to take the bus next
-        self.busy = False
-        self.waiting: dict[int, simpy.Event] = {}
-        self.open_row = [-1] * banks
-        self.act_ns = [NEVER] * banks      # last activate
-        self.lastop_ns = [NEVER] * banks   # earliest precharge the column ops allow (tRTP / tWR)
-        self.ready_ns = [0.0] * banks      # earliest activate of a precharged bank
-        self.claim_free_ns = 0.0           # end of the last request's data
+class Part:
+    """One request's bursts on one channel (flat bank = rank, group, bank), and when its data ends."""
+
+    __slots__ = ("bank", "bg", "rank", "row", "write", "done", "end_ns", "first_ns", "busy_ns")
+
+    def __init__(self, bank: np.ndarray, bg: np.ndarray, rank: np.ndarray, row: np.ndarray, write: bool,
+                 done: Callable[["Part"], None]) -> None:
+        self.bank, self.bg, self.rank, self.row, self.write, self.done = bank, bg, rank, row, write, done
+        self.end_ns = self.first_ns = 0.0
+        self.busy_ns = 0.0
+
+
+class Channel:
+    """One channel's banks, data bus and controller queues."""
+
+    def __init__(self, env, port, spec, cfg, counts: dict[str, float]) -> None:
+        self.env, self.port, self.s, self.cfg, self.counts = env, port, spec, cfg, counts
+        self.bpc = spec.banks_per_channel
+        nb = spec.ranks * spec.banks_per_channel
+        self.open_row = [-1] * nb
+        self.act_ns = [NEVER] * nb         # last activate
+        self.lastop_ns = [NEVER] * nb      # earliest precharge the column ops allow (tRTP / tWR)
+        self.ready_ns = [0.0] * nb         # earliest activate of a precharged bank
+        self.last_act_ns = [NEVER] * spec.ranks
+        self.last_act_bg = [-1] * spec.ranks
+        self.faw = [deque(maxlen=4) for _ in range(spec.ranks)]
+        self.claim_free_ns = 0.0           # end of the last data on the bus
         self.floor_ns = 0.0                # no command before this (refresh)
         self.last_cmd_ns = NEVER
-        self.last_bg = -1
+        self.last_bg = self.last_rank = -1
         self.last_write = False
         self.last_wr_end_ns = NEVER
-        self.last_act_ns = NEVER
-        self.last_act_bg = -1
-        self.faw: deque[float] = deque(maxlen=4)
-        self.next_ref_ns = first_refresh_ns
+        self.next_ref_ns = spec.trefi_ns
+        self.reads: deque[Part] = deque()
+        self.writes: list[Part] = []
+        self.write_bursts = 0
+        self.next_decision_ns = 0.0
+        self.pending = False               # a decision event is scheduled
+        self.open_page = cfg.page_policy == "open"
+        self.frfcfs = cfg.scheduler == "frfcfs"
+        self.batches = 0
 
-    def shift(self, delta: float, since: float) -> None:
-        """The newest scheduled request started ``delta`` later than assumed: move its timeline."""
-        mv = lambda t: t + delta if t > since else t  # noqa: E731
-        self.act_ns = [mv(t) for t in self.act_ns]
-        self.lastop_ns = [mv(t) for t in self.lastop_ns]
-        self.ready_ns = [mv(t) for t in self.ready_ns]
-        self.faw = deque((mv(t) for t in self.faw), maxlen=4)
-        self.claim_free_ns += delta
-        self.last_cmd_ns += delta
-        self.last_wr_end_ns, self.last_act_ns = mv(self.last_wr_end_ns), mv(self.last_act_ns)
-
-
-class _BusClaim:
-    """A request's claim on one channel's data bus, usable in ``hold``."""
-
-    __slots__ = ("ch", "ticket", "est_start", "order")
-
-    def __init__(self, ch: _Channel, ticket: int, est_start: float) -> None:
-        self.ch, self.ticket, self.est_start, self.order = ch, ticket, est_start, ch.order
-
-    def acquire(self) -> simpy.Event:
-        ch = self.ch
-        ev = ch.env.event()
-        if not ch.busy and ch.next_grant == self.ticket:
-            ch.busy = True
-            ev.succeed()
-        else:
-            ch.waiting[self.ticket] = ev
-        return ev
-
-    def release(self, req: simpy.Event) -> None:
-        ch = self.ch
-        ch.busy = False
-        ch.next_grant += 1
-        nxt = ch.waiting.pop(ch.next_grant, None)
-        if nxt is not None:
-            ch.busy = True
-            nxt.succeed()
-
-    def charge(self, start_ns: float, duration_ns: float, label: str, args: dict[str, Any] | None) -> None:
-        ch = self.ch
-        delta = start_ns - self.est_start
-        if delta > 1e-9 and self.ticket == ch.issued - 1:  # only the newest schedule can still be moved
-            ch.shift(delta, self.est_start)
-        ch.port.charge(start_ns, duration_ns, label, args)
-
-
-@register("dram", "banked")
-class BankedDram(Block):
-    claim_rank = 0
-
-    def __init__(self, env, name, cfg, recorder) -> None:
-        super().__init__(env, name, cfg, recorder)
-        self.spec = spec = resolve_spec(cfg)
-        self.fields = address_fields(spec)
-        self._slices: dict[str, tuple[int, int]] = {}  # field -> (shift, mask) in the burst index
-        shift = 0
-        for fname, bits in self.fields:
-            if bits:
-                self._slices[fname] = (shift, (1 << bits) - 1)
-            shift += bits
-        self.chans = [_Channel(env, self.port(f"ch{i}"), spec.banks_per_channel, spec.trefi_ns)
-                      for i in range(spec.channels)]
-        self._open_page = cfg.page_policy == "open"
-        self._frfcfs = cfg.scheduler == "frfcfs"
-        self._cursor = 0  # where=None: accesses stream through the address space
-        self._capacity = spec.channels * spec.banks_per_channel * spec.rows_per_bank * spec.row_bytes
-        for key in ("read_bytes", "write_bytes", "read_bursts", "write_bursts", "activations", "row_hits",
-                    "row_misses", "row_conflicts", "refreshes"):
-            self.counts[key] = 0.0
-
-    # --- addresses ------------------------------------------------------------------------------------------
-    def bursts(self, where: tuple[MemAccess, ...]) -> np.ndarray:
-        """Burst indices (address // burst_bytes) a request touches, in address order within each access."""
-        bb = self.spec.burst_bytes
-        parts = []
-        for acc in where:
-            pieces, span = max(1, int(acc.pieces)), float(acc.span_bytes)
-            if pieces == 1 or span <= acc.nbytes:
-                first, last = acc.address // bb, (acc.address + max(1, math.ceil(acc.nbytes)) - 1) // bb
-                parts.append(np.arange(first, last + 1, dtype=np.int64))
-                continue
-            piece = max(1, math.ceil(acc.nbytes / pieces))
-            if piece * pieces == acc.nbytes and int(span) % piece == 0:
-                # whole rows (e.g. kept K rows): evenly spread over the span's row slots, row-aligned
-                slots = int(span) // piece
-                starts = acc.address + (np.arange(pieces, dtype=np.int64) * slots // pieces) * piece
-            else:
-                starts = acc.address + (np.arange(pieces, dtype=np.int64) * int(span)) // pieces
-            lo, hi = starts // bb, (starts + piece - 1) // bb
-            counts = hi - lo + 1
-            idx = np.repeat(lo - np.cumsum(counts) + counts, counts) + np.arange(int(counts.sum()))
-            keep = np.ones(len(idx), dtype=bool)
-            keep[1:] = idx[1:] != idx[:-1]  # neighbouring pieces may share a burst
-            parts.append(idx[keep])
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-    def decode(self, burst_idx: np.ndarray) -> dict[str, np.ndarray]:
-        """Field values of each burst (``bank`` is the flat bank index bankgroup * banks_per_group + bank)."""
-        out = {name: (burst_idx >> shift) & mask for name, (shift, mask) in self._slices.items()}
-        for name in FIELDS:
-            out.setdefault(name, np.zeros_like(burst_idx))
-        out["bank"] = out["bankgroup"] * (self.spec.banks_per_channel // self.spec.bank_groups) + out["bank"]
-        return out
-
-    # --- the SimPy face -------------------------------------------------------------------------------------
-    def access(self, nbytes: float, write: bool, where: tuple[MemAccess, ...] | None = None
-               ) -> list[tuple[_BusClaim, float]]:
-        if nbytes <= 0:
-            return []
-        if where is None:
-            where = (MemAccess(self._cursor, nbytes),)
-            self._cursor = (self._cursor + math.ceil(nbytes)) % self._capacity
-        self.count("write_bytes" if write else "read_bytes", nbytes)
-        idx = self.bursts(where) % (self._capacity // self.spec.burst_bytes)  # addresses wrap at capacity
-        self.count("write_bursts" if write else "read_bursts", len(idx))
-        sl = self._slices
-        row = (idx >> sl["row"][0]) & sl["row"][1] if "row" in sl else np.zeros_like(idx)
-        bank = (idx >> sl["bank"][0]) & sl["bank"][1] if "bank" in sl else np.zeros_like(idx)
-        if "bankgroup" in sl:
-            bg = (idx >> sl["bankgroup"][0]) & sl["bankgroup"][1]
-            bank = bg * (self.spec.banks_per_channel // self.spec.bank_groups) + bank
-        else:
-            bg = np.zeros_like(idx)
+    # --- the queue ------------------------------------------------------------------------------------------
+    def submit(self, part: Part) -> None:
         now = self.env.now
-        if len(self.chans) == 1:
-            groups = [(0, bank, bg, row)]
+        n = len(part.bank)
+        if part.write:
+            self.writes.append(part)
+            self.write_bursts += n
+            if self.write_bursts <= self.cfg.write_high_watermark:
+                # posted: accepted into the buffer as its data arrives at the channel's rate
+                part.first_ns, part.end_ns = now, now + n * self.s.t_burst_ns
+                part.done(part)
+                part.done = _nothing
         else:
-            chan = (idx >> sl["channel"][0]) & sl["channel"][1]
-            order = np.argsort(chan, kind="stable")  # keeps each channel's bursts in service order
-            cuts = np.cumsum(np.bincount(chan, minlength=len(self.chans)))
-            groups = [(c, bank[sel], bg[sel], row[sel])
-                      for c, sel in enumerate(np.split(order, cuts[:-1])) if len(sel)]
-        jobs = []
-        for c, b, g, r in groups:
-            ch = self.chans[c]
-            start, end = self.schedule(ch, b, g, r, write, now)
-            jobs.append((_BusClaim(ch, ch.issued, start), end - start))
-            ch.issued += 1
-        return jobs
+            self.reads.append(part)
+        self._wake(now)
 
-    # --- the controller -------------------------------------------------------------------------------------
-    def _refresh(self, ch: _Channel, start: float) -> None:
+    def _wake(self, now: float) -> None:
+        if self.pending or not self._work():
+            return
+        if now >= self.next_decision_ns:
+            self._decide(now)
+        else:
+            self.pending = True
+            self.env.timeout(self.next_decision_ns - now).callbacks.append(self._on_timer)
+
+    def _on_timer(self, _event: Any) -> None:
+        self.pending = False
+        self._decide(self.env.now)
+
+    def _work(self) -> bool:
+        return bool(self.reads) or self.write_bursts >= self.cfg.write_high_watermark or (
+            self.write_bursts > self.cfg.write_low_watermark)
+
+    def _decide(self, t: float) -> None:
+        cfg = self.cfg
+        drain = self.write_bursts >= cfg.write_high_watermark or (
+            not self.reads and self.write_bursts > cfg.write_low_watermark)
+        if drain:
+            batch, self.writes, self.write_bursts = self.writes, [], 0
+        else:
+            k = min(len(self.reads), cfg.queue_depth)
+            batch = [self.reads.popleft() for _ in range(k)]
+        if cfg.refresh:
+            self._refresh(max(t, self.claim_free_ns))
+        self.batches += 1
+        last_cmd = self._schedule(batch, drain, t)
+        for p in batch:
+            p.done(p)
+        self.next_decision_ns = max(t, last_cmd - self.s.trp_ns - self.s.trcd_ns)
+        self._wake(t)
+
+    # --- refresh ----------------------------------------------------------------------------------------------
+    def _refresh(self, start: float) -> None:
         """Issue every refresh due by ``start`` (postponed ones run back to back): precharge all, tRFC."""
-        s = self.spec
-        while ch.next_ref_ns <= start:
-            t = max(ch.next_ref_ns, ch.claim_free_ns, ch.floor_ns, max(ch.ready_ns))
-            opened = [b for b, r in enumerate(ch.open_row) if r >= 0]
+        s = self.s
+        while self.next_ref_ns <= start:
+            t = max(self.next_ref_ns, self.claim_free_ns, self.floor_ns, max(self.ready_ns))
+            opened = [b for b, r in enumerate(self.open_row) if r >= 0]
             if opened:
-                t = max(t, *(max(ch.act_ns[b] + s.tras_ns, ch.lastop_ns[b]) for b in opened)) + s.trp_ns
+                t = max(t, *(max(self.act_ns[b] + s.tras_ns, self.lastop_ns[b]) for b in opened)) + s.trp_ns
             end = t + s.trfc_ns
-            n = len(ch.open_row)
-            ch.open_row, ch.ready_ns, ch.floor_ns = [-1] * n, [end] * n, end
-            ch.next_ref_ns += s.trefi_ns
+            n = len(self.open_row)
+            self.open_row, self.ready_ns, self.floor_ns = [-1] * n, [end] * n, end
+            self.next_ref_ns += s.trefi_ns
             self.counts["refreshes"] += 1
 
-    def _activate(self, ch: _Channel, b: int, g: int, conflict: bool, pre_ok: float | None,
-                  t_arr: float) -> float:
-        """When bank ``b`` can be activated: after its precharge (a conflict precharges now; a closed-page run
-        was precharged automatically; ``pre_ok`` None: the bank is already precharged), then tRRD and tFAW."""
-        s = self.spec
+    # --- shared timing rules ------------------------------------------------------------------------------------
+    def _activate(self, b: int, g: int, conflict: bool, pre_ok: float | None, t0: float) -> float:
+        """Commit an activate of bank ``b``: after its precharge (a conflict precharges now; ``pre_ok`` of a
+        closed-page run: precharged automatically; None: already precharged), tRRD and tFAW of its rank."""
+        s = self.s
         if conflict:
-            act = max(pre_ok, t_arr, ch.floor_ns) + s.trp_ns
+            act = max(pre_ok, t0, self.floor_ns) + s.trp_ns
         elif pre_ok is not None:
-            act = max(pre_ok + s.trp_ns, t_arr, ch.floor_ns)
+            act = max(pre_ok + s.trp_ns, t0, self.floor_ns)
         else:
-            act = max(ch.ready_ns[b], t_arr, ch.floor_ns)
-        act = max(act, ch.last_act_ns + (s.trrd_l_ns if g == ch.last_act_bg else s.trrd_s_ns))
-        if len(ch.faw) == 4:
-            act = max(act, ch.faw[0] + s.tfaw_ns)
-        ch.faw.append(act)
-        ch.last_act_ns, ch.last_act_bg = act, g
-        ch.act_ns[b] = act
+            act = max(self.ready_ns[b], t0, self.floor_ns)
+        r = b // self.bpc
+        act = max(act, self.last_act_ns[r] + (s.trrd_l_ns if g == self.last_act_bg[r] else s.trrd_s_ns))
+        faw = self.faw[r]
+        if len(faw) == 4:
+            act = max(act, faw[0] + s.tfaw_ns)
+        faw.append(act)
+        self.last_act_ns[r], self.last_act_bg[r] = act, g
+        self.act_ns[b] = act
         return act
 
-    def schedule(self, ch: _Channel, bank: np.ndarray, bg: np.ndarray, row: np.ndarray, write: bool,
-                 t_arr: float) -> tuple[float, float]:
-        """Serve one request's bursts on ``ch``; return (start, end of the last data) and update the banks."""
-        s = self.spec
-        start = max(t_arr, ch.claim_free_ns)
-        if self.cfg.refresh:
-            self._refresh(ch, start)
-        # first column command: after arrival and refresh, tCCD after the last one, bus turnaround, tWTR
-        base = max(t_arr, ch.floor_ns)
-        b0 = int(bg[0])
-        if ch.last_write == write:
-            tccd = s.tccd_l_ns if b0 == ch.last_bg else s.tccd_s_ns
-            base = max(base, ch.last_cmd_ns + max(s.t_burst_ns, tccd))
-        elif write:
-            base = max(base, ch.claim_free_ns + 2 * s.tck_ns - s.cwl_ns)
-        else:
-            base = max(base, ch.last_wr_end_ns + (s.twtr_l_ns if b0 == ch.last_bg else s.twtr_s_ns))
-        serve = self._serve_small if len(bank) <= SMALL_REQUEST_BURSTS else self._serve_vector
-        last_cmd, touched, acts, conflicts = serve(ch, bank, bg, row, write, t_arr, base)
-        n = len(bank)
+    def _bus_ready(self, write: bool, g: int, r: int) -> float:
+        """Earliest column command on the data bus after the last one."""
+        s = self.s
+        if self.last_write == write:
+            if r == self.last_rank:
+                return self.last_cmd_ns + (max(s.t_burst_ns, s.tccd_l_ns if g == self.last_bg else s.tccd_s_ns))
+            return self.last_cmd_ns + s.t_burst_ns + s.trtrs_ns
+        if write:  # read -> write: the bus turns around after the read data
+            return self.claim_free_ns + 2 * s.tck_ns + (s.trtrs_ns if r != self.last_rank else 0.0) - s.cwl_ns
+        if r != self.last_rank:
+            return self.last_wr_end_ns + s.trtrs_ns - s.cl_ns
+        return self.last_wr_end_ns + (s.twtr_l_ns if g == self.last_bg else s.twtr_s_ns)
+
+    def _schedule(self, batch: list[Part], write: bool, t0: float) -> float:
+        bank = [p.bank for p in batch]
+        total = sum(len(b) for b in bank)
+        if total <= LIST_LIMIT and self.frfcfs:
+            return self._list(batch, write, t0)
+        return self._in_order(batch, write, t0)
+
+    # --- command by command: FR-FCFS with cross-bank look-ahead -----------------------------------------------
+    def _list(self, batch: list[Part], write: bool, t0: float) -> float:
+        s = self.s
+        banks, bgs, ranks, rows, owner = [], [], [], [], []
+        for k, p in enumerate(batch):
+            banks += p.bank.tolist()
+            bgs += p.bg.tolist()
+            ranks += p.rank.tolist()
+            rows += p.row.tolist()
+            owner += [k] * len(p.bank)
+        pend: dict[int, list[int]] = {}
+        for i, b in enumerate(banks):
+            pend.setdefault(b, []).append(i)
+        col_ok = {b: self.act_ns[b] + s.trcd_ns for b in pend}
+        lat = (s.cwl_ns if write else s.cl_ns) + s.t_burst_ns
         after_col = (s.cwl_ns + s.t_burst_ns + s.twr_ns) if write else s.trtp_ns
-        for b, (r, cmd_b) in touched.items():  # the request's last access to each bank
-            if self._open_page:
-                ch.open_row[b], ch.lastop_ns[b] = r, cmd_b + after_col
-            else:
-                ch.open_row[b] = -1
-                ch.ready_ns[b] = max(ch.act_ns[b] + s.tras_ns, cmd_b + after_col) + s.trp_ns
+        ends = [NEVER] * len(batch)
+        firsts = [1e300] * len(batch)
+        acts = conflicts = 0
+        open_row, lastop = self.open_row, self.lastop_ns
+        while pend:
+            best_col = best_act = None
+            for b, lst in pend.items():
+                orow = open_row[b]
+                hit = -1
+                if orow >= 0:
+                    for i in lst:
+                        if rows[i] == orow:
+                            hit = i
+                            break
+                if hit >= 0:
+                    t = max(col_ok[b], t0, self.floor_ns, self._bus_ready(write, bgs[hit], ranks[hit]))
+                    if best_col is None or (t, hit) < best_col[:2]:
+                        best_col = (t, hit, b)
+                else:
+                    i = lst[0]
+                    if orow >= 0:
+                        a = max(self.act_ns[b] + s.tras_ns, lastop[b], t0, self.floor_ns) + s.trp_ns
+                    else:
+                        a = max(self.ready_ns[b], t0, self.floor_ns)
+                    r = b // self.bpc
+                    a = max(a, self.last_act_ns[r] + (s.trrd_l_ns if bgs[i] == self.last_act_bg[r]
+                                                       else s.trrd_s_ns))
+                    if len(self.faw[r]) == 4:
+                        a = max(a, self.faw[r][0] + s.tfaw_ns)
+                    if best_act is None or (a, i) < best_act[:2]:
+                        best_act = (a, i, b)
+            if best_act is not None and (best_col is None or best_act[0] <= best_col[0]):
+                _, i, b = best_act
+                conflict = open_row[b] >= 0
+                pre_ok = max(self.act_ns[b] + s.tras_ns, lastop[b]) if conflict else None
+                act = self._activate(b, bgs[i], conflict, pre_ok, t0)
+                open_row[b] = rows[i]
+                col_ok[b] = act + s.trcd_ns
+                acts += 1
+                conflicts += conflict
+                continue
+            t, i, b = best_col
+            lst = pend[b]
+            lst.remove(i)
+            self.last_cmd_ns, self.last_bg, self.last_rank, self.last_write = t, bgs[i], ranks[i], write
+            end = t + lat
+            self.claim_free_ns = max(self.claim_free_ns, end)
+            if write:
+                self.last_wr_end_ns = end
+            lastop[b] = max(lastop[b], t + after_col)
+            k = owner[i]
+            ends[k] = max(ends[k], end)
+            firsts[k] = min(firsts[k], end - s.t_burst_ns)
+            if not self.open_page and not any(rows[j] == rows[i] for j in lst):
+                self.ready_ns[b] = max(self.act_ns[b] + s.tras_ns, lastop[b]) + s.trp_ns
+                open_row[b] = -1
+            if not lst:
+                del pend[b]
+        self._count(len(banks), acts, conflicts)
+        for k, p in enumerate(batch):
+            p.first_ns, p.end_ns, p.busy_ns = firsts[k], ends[k], len(p.bank) * s.t_burst_ns
+        return self.last_cmd_ns
+
+    def _count(self, n: int, acts: int, conflicts: int) -> None:
         c = self.counts
         c["activations"] += acts
         c["row_conflicts"] += conflicts
         c["row_misses"] += acts - conflicts
         c["row_hits"] += n - acts
-        end = last_cmd + (s.cwl_ns if write else s.cl_ns) + s.t_burst_ns
-        ch.last_cmd_ns, ch.last_bg, ch.last_write = last_cmd, int(bg[-1]), write
-        if write:
-            ch.last_wr_end_ns = end
-        ch.claim_free_ns = end
-        return start, end
 
-    def _serve_small(self, ch, bank, bg, row, write, t_arr, base):
+    # --- in order: long batches -----------------------------------------------------------------------------------
+    def _in_order(self, batch: list[Part], write: bool, t0: float) -> float:
+        """Each request in turn, its bursts in arrival order after per-bank row grouping (frfcfs)."""
+        s = self.s
+        for p in batch:
+            bank, bg, row = p.bank, p.bg, p.row
+            base = max(t0, self.floor_ns, self._bus_ready(write, int(bg[0]), int(p.rank[0])))
+            serve = self._serve_small if len(bank) <= SMALL_REQUEST_BURSTS else self._serve_vector
+            last_cmd, touched, acts, conflicts = serve(bank, bg, row, write, t0, base)
+            after_col = (s.cwl_ns + s.t_burst_ns + s.twr_ns) if write else s.trtp_ns
+            for b, (r, cmd_b) in touched.items():  # the request's last access to each bank
+                if self.open_page:
+                    self.open_row[b], self.lastop_ns[b] = r, cmd_b + after_col
+                else:
+                    self.open_row[b] = -1
+                    self.ready_ns[b] = max(self.act_ns[b] + s.tras_ns, cmd_b + after_col) + s.trp_ns
+            self._count(len(bank), acts, conflicts)
+            end = last_cmd + (s.cwl_ns if write else s.cl_ns) + s.t_burst_ns
+            self.last_cmd_ns, self.last_bg, self.last_rank, self.last_write = last_cmd, int(bg[-1]), int(
+                p.rank[-1]), write
+            if write:
+                self.last_wr_end_ns = end
+            p.first_ns = base + (s.cwl_ns if write else s.cl_ns)
+            p.end_ns, p.busy_ns = end, len(bank) * s.t_burst_ns
+            self.claim_free_ns = end
+        return self.last_cmd_ns
+
+    def _serve_small(self, bank, bg, row, write, t0, base):
         """One burst at a time: (last command, {bank: (row, its last command)}, activates, conflicts)."""
-        s = self.spec
+        s = self.s
         bank, bg, row = bank.tolist(), bg.tolist(), row.tolist()
-        if self._frfcfs and len(bank) > 1:
-            perm = _frfcfs_order(bank, row, ch.open_row)
+        if self.frfcfs and len(bank) > 1:
+            perm = frfcfs_order(bank, row, self.open_row)
             bank, bg, row = [bank[q] for q in perm], [bg[q] for q in perm], [row[q] for q in perm]
         gap_l, gap_s = max(s.t_burst_ns, s.tccd_l_ns), max(s.t_burst_ns, s.tccd_s_ns)
         after_col = (s.cwl_ns + s.t_burst_ns + s.twr_ns) if write else s.trtp_ns
@@ -301,31 +313,31 @@ class BankedDram(Block):
         for b, g, r in zip(bank, bg, row):
             chain = base if prev_g is None else cmd + (gap_l if g == prev_g else gap_s)
             p = seen.get(b)
-            ref = p[0] if p is not None else ch.open_row[b]
+            ref = p[0] if p is not None else self.open_row[b]
             if ref != r:
                 acts += 1
-                conflict = self._open_page and ref >= 0
+                conflict = self.open_page and ref >= 0
                 conflicts += conflict
                 if p is not None:
-                    pre_ok = max(ch.act_ns[b] + s.tras_ns, p[1] + after_col)
+                    pre_ok = max(self.act_ns[b] + s.tras_ns, p[1] + after_col)
                 elif conflict:
-                    pre_ok = max(ch.act_ns[b] + s.tras_ns, ch.lastop_ns[b])
+                    pre_ok = max(self.act_ns[b] + s.tras_ns, self.lastop_ns[b])
                 else:
                     pre_ok = None
-                chain = max(chain, self._activate(ch, b, g, conflict, pre_ok, t_arr) + s.trcd_ns)
+                chain = max(chain, self._activate(b, g, conflict, pre_ok, t0) + s.trcd_ns)
             cmd, prev_g = chain, g
             seen[b] = (r, cmd)
         return cmd, seen, acts, conflicts
 
-    def _serve_vector(self, ch, bank, bg, row, write, t_arr, base):
+    def _serve_vector(self, bank, bg, row, write, t0, base):
         """The same rules over numpy arrays: hits advance by cumulative command gaps; only the bursts that
         need an activate (segment starts) are visited one by one."""
-        s = self.spec
+        s = self.s
         n = len(bank)
         pos = np.arange(n)
-        open_row = np.asarray(ch.open_row, dtype=np.int64)
-        if self._frfcfs:
-            bank, bg, row = _frfcfs_vector(bank, bg, row, pos, open_row)
+        open_row = np.asarray(self.open_row, dtype=np.int64)
+        if self.frfcfs:
+            bank, bg, row = frfcfs_vector(bank, bg, row, pos, open_row)
         by_bank = np.argsort(bank, kind="stable")
         sb = bank[by_bank]
         same = sb[1:] == sb[:-1]
@@ -333,7 +345,7 @@ class BankedDram(Block):
         prev[by_bank[1:][same]] = by_bank[:-1][same]
         ref_row = np.where(prev >= 0, row[prev], open_row[bank])
         new_run = ref_row != row
-        conflict = new_run & (ref_row >= 0) if self._open_page else np.zeros(n, dtype=bool)
+        conflict = new_run & (ref_row >= 0) if self.open_page else np.zeros(n, dtype=bool)
         gap_l, gap_s = max(s.t_burst_ns, s.tccd_l_ns), max(s.t_burst_ns, s.tccd_s_ns)
         if gap_l == gap_s:
             G = pos * gap_s
@@ -358,12 +370,12 @@ class BankedDram(Block):
             if new_k[i]:
                 b = bank_k[i]
                 if hasp_k[i]:
-                    pre_ok = max(ch.act_ns[b] + s.tras_ns, cmd_seg[pord_k[i]] + poff_k[i])
+                    pre_ok = max(self.act_ns[b] + s.tras_ns, cmd_seg[pord_k[i]] + poff_k[i])
                 elif conf_k[i]:
-                    pre_ok = max(ch.act_ns[b] + s.tras_ns, ch.lastop_ns[b])
+                    pre_ok = max(self.act_ns[b] + s.tras_ns, self.lastop_ns[b])
                 else:
                     pre_ok = None
-                chain = max(chain, self._activate(ch, b, bg_k[i], conf_k[i], pre_ok, t_arr) + s.trcd_ns)
+                chain = max(chain, self._activate(b, bg_k[i], conf_k[i], pre_ok, t0) + s.trcd_ns)
             cmd_seg.append(chain)
         ends = np.flatnonzero(np.append(~same, True))  # last burst of each bank in by-bank order
         last = by_bank[ends]
@@ -371,41 +383,12 @@ class BankedDram(Block):
         touched = dict(zip(sb[ends].tolist(), zip(row[last].tolist(), cmd_last)))
         return cmd_seg[-1] + float(offset[-1]), touched, int(new_run.sum()), int(conflict.sum())
 
-    # --- what the report reads ------------------------------------------------------------------------------
-    def dynamic_energy_pj(self) -> dict[str, float]:
-        c, s = self.counts, self.spec
-        bursts = c["read_bursts"] + c["write_bursts"]
-        return {"activate": c["activations"] * s.activate_pj, "read": c["read_bursts"] * s.read_burst_pj,
-                "write": c["write_bursts"] * s.write_burst_pj, "refresh": c["refreshes"] * s.refresh_pj,
-                "io": bursts * s.burst_bytes * s.io_pj_per_byte}
 
-    @property
-    def static_mw(self) -> float:
-        return self.spec.background_mw * self.spec.channels
-
-    def extra_report(self) -> dict[str, Any]:
-        """Row-buffer statistics and the resolved timing, for report["memory"]["dram"]."""
-        c, s = self.counts, self.spec
-        bursts = c["read_bursts"] + c["write_bursts"]
-        end = self.env.now
-        moved = bursts * s.burst_bytes
-        return {
-            "kind": "banked", "standard": s.standard, "preset": self.cfg.preset, "channels": s.channels,
-            "page_policy": self.cfg.page_policy, "scheduler": self.cfg.scheduler, "refresh": self.cfg.refresh,
-            "peak_bandwidth_gb_per_s": s.peak_gb_per_s,
-            "achieved_bandwidth_gb_per_s": moved / end if end > 0 else 0.0,
-            "row_hit_rate": c["row_hits"] / bursts if bursts else None,
-            "row_hits": c["row_hits"], "row_misses": c["row_misses"], "row_conflicts": c["row_conflicts"],
-            "activations": c["activations"],
-            "read_bursts": c["read_bursts"], "write_bursts": c["write_bursts"],
-            "burst_bytes": s.burst_bytes, "bytes_moved": moved,
-            "overfetch_bytes": moved - c["read_bytes"] - c["write_bytes"], "refreshes": c["refreshes"],
-            "channel_busy_ns": [p.busy_ns for p in self.ports],
-            "spec": dataclasses.asdict(s),
-        }
+def _nothing(_part: Part) -> None:
+    pass
 
 
-def _frfcfs_order(bank: list[int], row: list[int], open_row: list[int]) -> list[int]:
+def frfcfs_order(bank: list[int], row: list[int], open_row: list[int]) -> list[int]:
     """FR-FCFS within a request: per bank, bursts to the open row first, then each row's bursts together in
     order of first arrival; every bank keeps the slots it had, so bank interleaving is unchanged."""
     slots: dict[int, list[int]] = {}
@@ -421,8 +404,8 @@ def _frfcfs_order(bank: list[int], row: list[int], open_row: list[int]) -> list[
     return perm
 
 
-def _frfcfs_vector(bank, bg, row, pos, open_row):
-    """``_frfcfs_order`` over numpy arrays: one sort by (bank, not open row, row's first arrival, arrival)."""
+def frfcfs_vector(bank, bg, row, pos, open_row):
+    """``frfcfs_order`` over numpy arrays: one sort by (bank, not open row, row's first arrival, arrival)."""
     n = len(bank)
     combo = bank * (int(row.max()) + 1) + row
     order = np.argsort(combo, kind="stable")
