@@ -179,6 +179,8 @@ class DramConfig:
                                "activating banks in parallel; fcfs serves bursts in arrival order.")
     queue_depth: int = param(32, ge=1, le=4096, doc="banked: transaction queue per channel (requests the "
                                                      "controller schedules together; more wait outside).")
+    bank_queue_depth: int = param(8, ge=1, le=4096, doc="banked: queued bursts per bank the scheduler sees at "
+                                                       "once (a bank's command queue; DRAMsim3: 8).")
     write_high_watermark: int = param(32, ge=1, le=4096,
                                       doc="banked: buffered write bursts per channel that force a write drain "
                                           "(writes are posted; also drained when no read waits and more than "

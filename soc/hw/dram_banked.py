@@ -146,8 +146,11 @@ class BankedDram(Block):
         busiest = max(len(g[1]) for g in groups)
         claim = _Claim(self.env, busiest * self.spec.t_burst_ns, self._order)
         claim.left = len(groups)
+        tb = self.spec.t_burst_ns
         for c, b, g, r, w in groups:
-            claim.parts.append((self.chans[c], Part(b, g, r, w, write, claim.part_done)))
+            part = Part(b, g, r, w, write, claim.part_done)
+            part.busy_ns = len(b) * tb
+            claim.parts.append((self.chans[c], part))
         for ch, part in list(claim.parts):
             ch.submit(part)
         return [(claim, claim.duration)]

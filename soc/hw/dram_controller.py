@@ -22,6 +22,7 @@ hits and a Python step per activate.
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right, insort
 from collections import deque
 from typing import Any, Callable
 
@@ -39,13 +40,14 @@ SMALL_REQUEST_BURSTS = 64
 class Part:
     """One request's bursts on one channel (flat bank = rank, group, bank), and when its data ends."""
 
-    __slots__ = ("bank", "bg", "rank", "row", "write", "done", "end_ns", "first_ns", "busy_ns")
+    __slots__ = ("bank", "bg", "rank", "row", "write", "done", "end_ns", "first_ns", "busy_ns", "left")
 
     def __init__(self, bank: np.ndarray, bg: np.ndarray, rank: np.ndarray, row: np.ndarray, write: bool,
                  done: Callable[["Part"], None]) -> None:
         self.bank, self.bg, self.rank, self.row, self.write, self.done = bank, bg, rank, row, write, done
         self.end_ns = self.first_ns = 0.0
         self.busy_ns = 0.0
+        self.left = 0
 
 
 class Channel:
@@ -59,9 +61,10 @@ class Channel:
         self.act_ns = [NEVER] * nb         # last activate
         self.lastop_ns = [NEVER] * nb      # earliest precharge the column ops allow (tRTP / tWR)
         self.ready_ns = [0.0] * nb         # earliest activate of a precharged bank
-        self.last_act_ns = [NEVER] * spec.ranks
-        self.last_act_bg = [-1] * spec.ranks
-        self.faw = [deque(maxlen=4) for _ in range(spec.ranks)]
+        # committed activates per rank and column commands, by time: later work may fill earlier gaps
+        self.acts: list[list[tuple[float, int]]] = [[] for _ in range(spec.ranks)]
+        self.cols: list[tuple[float, int, int, bool]] = []
+        self.bus_floor_ns = NEVER          # the in-order path's last column command
         self.claim_free_ns = 0.0           # end of the last data on the bus
         self.floor_ns = 0.0                # no command before this (refresh)
         self.last_cmd_ns = NEVER
@@ -69,11 +72,13 @@ class Channel:
         self.last_write = False
         self.last_wr_end_ns = NEVER
         self.next_ref_ns = spec.trefi_ns
-        self.reads: deque[Part] = deque()
+        self.bank_q: dict[int, list[tuple[Part, list[int]]]] = {}  # reads waiting per bank
+        self.bank_next: dict[int, float] = {}  # when each bank takes its next decision
+        self.timers: set[int] = set()      # banks with a decision event scheduled
+        self.queued = 0                    # reads in the transaction queue (not yet scheduled)
+        self.overflow: deque[Part] = deque()  # reads beyond queue_depth, waiting outside
         self.writes: list[Part] = []
         self.write_bursts = 0
-        self.next_decision_ns = 0.0
-        self.pending = False               # a decision event is scheduled
         self.open_page = cfg.page_policy == "open"
         self.frfcfs = cfg.scheduler == "frfcfs"
         self.batches = 0
@@ -90,44 +95,92 @@ class Channel:
                 part.first_ns, part.end_ns = now, now + n * self.s.t_burst_ns
                 part.done(part)
                 part.done = _nothing
+            self._maybe_drain(now)
+        elif n > LIST_LIMIT or not self.frfcfs:
+            self._maybe_drain(now)
+            self._begin(now)
+            self._in_order([part], False, now)
+            part.done(part)
+        elif self.queued >= self.cfg.queue_depth:
+            self.overflow.append(part)
         else:
-            self.reads.append(part)
-        self._wake(now)
+            self._enqueue(part, now)
 
-    def _wake(self, now: float) -> None:
-        if self.pending or not self._work():
+    def _enqueue(self, part: Part, now: float) -> None:
+        """Queue a read's bursts at their banks; each bank is scheduled when its committed work nears its end."""
+        self.queued += 1
+        banks = part.bank.tolist()
+        by_bank: dict[int, list[int]] = {}
+        for i, b in enumerate(banks):
+            by_bank.setdefault(b, []).append(i)
+        part.left = len(by_bank)
+        for b, idx in by_bank.items():
+            self.bank_q.setdefault(b, []).append((part, idx))
+        for b in by_bank:
+            self._wake_bank(b, now)
+
+    def _wake_bank(self, b: int, now: float) -> None:
+        if b in self.timers or not self.bank_q.get(b):
             return
-        if now >= self.next_decision_ns:
-            self._decide(now)
+        due = self.bank_next.get(b, 0.0)
+        if now >= due:
+            self._decide_bank(b, now)
         else:
-            self.pending = True
-            self.env.timeout(self.next_decision_ns - now).callbacks.append(self._on_timer)
+            self.timers.add(b)
+            self.env.timeout(due - now).callbacks.append(lambda _e, b=b: self._on_bank_timer(b))
 
-    def _on_timer(self, _event: Any) -> None:
-        self.pending = False
-        self._decide(self.env.now)
+    def _on_bank_timer(self, b: int) -> None:
+        self.timers.discard(b)
+        self._decide_bank(b, self.env.now)
 
-    def _work(self) -> bool:
-        return bool(self.reads) or self.write_bursts >= self.cfg.write_high_watermark or (
-            self.write_bursts > self.cfg.write_low_watermark)
-
-    def _decide(self, t: float) -> None:
-        cfg = self.cfg
-        drain = self.write_bursts >= cfg.write_high_watermark or (
-            not self.reads and self.write_bursts > cfg.write_low_watermark)
-        if drain:
-            batch, self.writes, self.write_bursts = self.writes, [], 0
-        else:
-            k = min(len(self.reads), cfg.queue_depth)
-            batch = [self.reads.popleft() for _ in range(k)]
-        if cfg.refresh:
+    def _begin(self, t: float) -> None:
+        if self.cfg.refresh:
             self._refresh(max(t, self.claim_free_ns))
         self.batches += 1
-        last_cmd = self._schedule(batch, drain, t)
-        for p in batch:
-            p.done(p)
-        self.next_decision_ns = max(t, last_cmd - self.s.trp_ns - self.s.trcd_ns)
-        self._wake(t)
+        self.prune(t)
+
+    def _decide_bank(self, b: int, t: float) -> None:
+        """Schedule every read queued at bank ``b`` (FR-FCFS within its visible queue), gap-filling the
+        channel's activate and data-bus timelines."""
+        self._maybe_drain(t)
+        pieces, self.bank_q[b] = self.bank_q[b], []
+        self._begin(t)
+        bursts = []
+        for k, (part, idx) in enumerate(pieces):
+            bank, bg, rank, row = part.bank, part.bg, part.rank, part.row
+            bursts += [(int(bank[i]), int(bg[i]), int(rank[i]), int(row[i]), k) for i in idx]
+        ends, firsts, last_col = self._list(bursts, len(pieces), False, t)
+        for k, (part, _idx) in enumerate(pieces):
+            part.end_ns = max(part.end_ns, ends[k])
+            part.first_ns = min(part.first_ns, firsts[k]) if part.first_ns else firsts[k]
+            part.left -= 1
+            if not part.left:
+                self.queued -= 1
+                part.done(part)
+        while self.overflow and self.queued < self.cfg.queue_depth:
+            self._enqueue(self.overflow.popleft(), t)
+        self.bank_next[b] = max(t, last_col - self.s.trp_ns - self.s.trcd_ns)
+        self._wake_bank(b, t)
+
+    def _maybe_drain(self, t: float) -> None:
+        """Drain the write buffer when it reaches the high watermark, or above the low one when idle."""
+        cfg = self.cfg
+        if self.write_bursts >= cfg.write_high_watermark or (
+                self.write_bursts > cfg.write_low_watermark and not self.queued and self.last_cmd_ns <= t):
+            batch, self.writes, self.write_bursts = self.writes, [], 0
+            self._begin(t)
+            if sum(len(p.bank) for p in batch) <= LIST_LIMIT and self.frfcfs:
+                bursts = []
+                for k, p in enumerate(batch):
+                    bursts += [(b, g, r, w, k) for b, g, r, w in zip(p.bank.tolist(), p.bg.tolist(),
+                                                                      p.rank.tolist(), p.row.tolist())]
+                ends, firsts, _ = self._list(bursts, len(batch), True, t)
+                for k, p in enumerate(batch):
+                    p.first_ns, p.end_ns = firsts[k], ends[k]
+            else:
+                self._in_order(batch, True, t)
+            for p in batch:
+                p.done(p)
 
     # --- refresh ----------------------------------------------------------------------------------------------
     def _refresh(self, start: float) -> None:
@@ -156,14 +209,81 @@ class Channel:
         else:
             act = max(self.ready_ns[b], t0, self.floor_ns)
         r = b // self.bpc
-        act = max(act, self.last_act_ns[r] + (s.trrd_l_ns if g == self.last_act_bg[r] else s.trrd_s_ns))
-        faw = self.faw[r]
-        if len(faw) == 4:
-            act = max(act, faw[0] + s.tfaw_ns)
-        faw.append(act)
-        self.last_act_ns[r], self.last_act_bg[r] = act, g
+        act = self.act_slot(r, g, act)
+        insort(self.acts[r], (act, g))
         self.act_ns[b] = act
         return act
+
+    def act_slot(self, r: int, g: int, want: float) -> float:
+        """Earliest activate at or after ``want`` that keeps tRRD_S/L to every committed activate of rank
+        ``r`` and at most four in any tFAW window."""
+        s = self.s
+        acts = self.acts[r]
+        trrd_l, trrd_s, tfaw = s.trrd_l_ns, s.trrd_s_ns, s.tfaw_ns
+        eps = 1e-9
+        a = want
+        while True:
+            i = bisect_left(acts, (a - trrd_l - eps, -1))
+            moved = False
+            while i < len(acts) and acts[i][0] < a + trrd_l - eps:
+                x, xg = acts[i]
+                gap = trrd_l if xg == g else trrd_s
+                if abs(x - a) < gap - eps:
+                    a, moved = x + gap, True
+                    break
+                i += 1
+            if moved:
+                continue
+            lo = bisect_right(acts, (a - tfaw + eps, 1 << 30))
+            hi = bisect_left(acts, (a + tfaw - eps, -1))
+            w = [x for x, _ in acts[lo:hi]]
+            pos = bisect_right(w, a)
+            w.insert(pos, a)
+            for k in range(max(0, pos - 4), min(pos, len(w) - 5) + 1):
+                if w[k + 4] - w[k] < tfaw - eps:
+                    a = w[k] + tfaw if pos == k + 4 else w[pos + 1] + eps
+                    moved = True
+                    break
+            if not moved:
+                return a
+
+    def col_gap(self, w1: bool, g1: int, r1: int, w2: bool, g2: int, r2: int) -> float:
+        """Minimum time from a column command (w1, group g1, rank r1) to the next (w2, g2, r2)."""
+        s = self.s
+        if w1 == w2:
+            if r1 == r2:
+                return max(s.t_burst_ns, s.tccd_l_ns if g1 == g2 else s.tccd_s_ns)
+            return s.t_burst_ns + s.trtrs_ns
+        if w2:  # read -> write: the bus turns around after the read data
+            return s.cl_ns + s.t_burst_ns + 2 * s.tck_ns + (s.trtrs_ns if r1 != r2 else 0.0) - s.cwl_ns
+        if r1 != r2:
+            return s.cwl_ns + s.t_burst_ns + s.trtrs_ns - s.cl_ns
+        return s.cwl_ns + s.t_burst_ns + (s.twtr_l_ns if g1 == g2 else s.twtr_s_ns)
+
+    def col_slot(self, w: bool, g: int, r: int, want: float) -> float:
+        """Earliest column command at or after ``want`` in a gap of the committed ones on the data bus."""
+        cols, gap = self.cols, self.col_gap
+        t = max(want, self.bus_floor_ns)
+        while True:
+            i = bisect_right(cols, (t, 1 << 30, 0, True))
+            if i and t < cols[i - 1][0] + gap(cols[i - 1][3], cols[i - 1][1], cols[i - 1][2], w, g, r) - 1e-9:
+                p = cols[i - 1]
+                t = p[0] + gap(p[3], p[1], p[2], w, g, r)
+                continue
+            if i < len(cols) and cols[i][0] < t + gap(w, g, r, cols[i][3], cols[i][1], cols[i][2]) - 1e-9:
+                n = cols[i]
+                t = max(t, n[0] + gap(n[3], n[1], n[2], w, g, r))
+                continue
+            return t
+
+    def prune(self, t0: float) -> None:
+        """Forget commands too old to constrain anything at or after ``t0``."""
+        horizon = t0 - 4 * (self.s.tfaw_ns + self.s.cl_ns + self.s.twtr_l_ns + self.s.t_burst_ns)
+        for r, acts in enumerate(self.acts):
+            if acts and acts[0][0] < horizon:
+                self.acts[r] = acts[bisect_left(acts, (horizon, -1)):]
+        if self.cols and self.cols[0][0] < horizon:
+            self.cols = self.cols[bisect_left(self.cols, (horizon, -1, -1, False)):]
 
     def _bus_ready(self, write: bool, g: int, r: int) -> float:
         """Earliest column command on the data bus after the last one."""
@@ -178,31 +298,27 @@ class Channel:
             return self.last_wr_end_ns + s.trtrs_ns - s.cl_ns
         return self.last_wr_end_ns + (s.twtr_l_ns if g == self.last_bg else s.twtr_s_ns)
 
-    def _schedule(self, batch: list[Part], write: bool, t0: float) -> float:
-        bank = [p.bank for p in batch]
-        total = sum(len(b) for b in bank)
-        if total <= LIST_LIMIT and self.frfcfs:
-            return self._list(batch, write, t0)
-        return self._in_order(batch, write, t0)
-
     # --- command by command: FR-FCFS with cross-bank look-ahead -----------------------------------------------
-    def _list(self, batch: list[Part], write: bool, t0: float) -> float:
+    def _list(self, bursts: list[tuple[int, int, int, int, int]], owners: int, write: bool, t0: float
+              ) -> tuple[list[float], list[float], float]:
+        """Issue ``bursts`` (bank, group, rank, row, owner) command by command; per owner the end of its last
+        data and the start of its first, and the last column command."""
         s = self.s
-        banks, bgs, ranks, rows, owner = [], [], [], [], []
-        for k, p in enumerate(batch):
-            banks += p.bank.tolist()
-            bgs += p.bg.tolist()
-            ranks += p.rank.tolist()
-            rows += p.row.tolist()
-            owner += [k] * len(p.bank)
+        last_col = NEVER
+        banks = [x[0] for x in bursts]
+        bgs = [x[1] for x in bursts]
+        ranks = [x[2] for x in bursts]
+        rows = [x[3] for x in bursts]
+        owner = [x[4] for x in bursts]
         pend: dict[int, list[int]] = {}
         for i, b in enumerate(banks):
             pend.setdefault(b, []).append(i)
         col_ok = {b: self.act_ns[b] + s.trcd_ns for b in pend}
         lat = (s.cwl_ns if write else s.cl_ns) + s.t_burst_ns
         after_col = (s.cwl_ns + s.t_burst_ns + s.twr_ns) if write else s.trtp_ns
-        ends = [NEVER] * len(batch)
-        firsts = [1e300] * len(batch)
+        ends = [NEVER] * owners
+        firsts = [1e300] * owners
+        depth = self.cfg.bank_queue_depth
         acts = conflicts = 0
         open_row, lastop = self.open_row, self.lastop_ns
         while pend:
@@ -211,12 +327,12 @@ class Channel:
                 orow = open_row[b]
                 hit = -1
                 if orow >= 0:
-                    for i in lst:
+                    for i in lst[:depth]:
                         if rows[i] == orow:
                             hit = i
                             break
                 if hit >= 0:
-                    t = max(col_ok[b], t0, self.floor_ns, self._bus_ready(write, bgs[hit], ranks[hit]))
+                    t = self.col_slot(write, bgs[hit], ranks[hit], max(col_ok[b], t0, self.floor_ns))
                     if best_col is None or (t, hit) < best_col[:2]:
                         best_col = (t, hit, b)
                 else:
@@ -225,11 +341,7 @@ class Channel:
                         a = max(self.act_ns[b] + s.tras_ns, lastop[b], t0, self.floor_ns) + s.trp_ns
                     else:
                         a = max(self.ready_ns[b], t0, self.floor_ns)
-                    r = b // self.bpc
-                    a = max(a, self.last_act_ns[r] + (s.trrd_l_ns if bgs[i] == self.last_act_bg[r]
-                                                       else s.trrd_s_ns))
-                    if len(self.faw[r]) == 4:
-                        a = max(a, self.faw[r][0] + s.tfaw_ns)
+                    a = self.act_slot(b // self.bpc, bgs[i], a)
                     if best_act is None or (a, i) < best_act[:2]:
                         best_act = (a, i, b)
             if best_act is not None and (best_col is None or best_act[0] <= best_col[0]):
@@ -245,24 +357,25 @@ class Channel:
             t, i, b = best_col
             lst = pend[b]
             lst.remove(i)
-            self.last_cmd_ns, self.last_bg, self.last_rank, self.last_write = t, bgs[i], ranks[i], write
+            insort(self.cols, (t, bgs[i], ranks[i], write))
+            if t >= self.last_cmd_ns:
+                self.last_cmd_ns, self.last_bg, self.last_rank, self.last_write = t, bgs[i], ranks[i], write
             end = t + lat
             self.claim_free_ns = max(self.claim_free_ns, end)
             if write:
-                self.last_wr_end_ns = end
+                self.last_wr_end_ns = max(self.last_wr_end_ns, end)
             lastop[b] = max(lastop[b], t + after_col)
+            last_col = max(last_col, t)
             k = owner[i]
             ends[k] = max(ends[k], end)
             firsts[k] = min(firsts[k], end - s.t_burst_ns)
-            if not self.open_page and not any(rows[j] == rows[i] for j in lst):
+            if not self.open_page and not any(rows[j] == rows[i] for j in lst[:depth]):
                 self.ready_ns[b] = max(self.act_ns[b] + s.tras_ns, lastop[b]) + s.trp_ns
                 open_row[b] = -1
             if not lst:
                 del pend[b]
         self._count(len(banks), acts, conflicts)
-        for k, p in enumerate(batch):
-            p.first_ns, p.end_ns, p.busy_ns = firsts[k], ends[k], len(p.bank) * s.t_burst_ns
-        return self.last_cmd_ns
+        return ends, firsts, last_col
 
     def _count(self, n: int, acts: int, conflicts: int) -> None:
         c = self.counts
@@ -278,6 +391,8 @@ class Channel:
         for p in batch:
             bank, bg, row = p.bank, p.bg, p.row
             base = max(t0, self.floor_ns, self._bus_ready(write, int(bg[0]), int(p.rank[0])))
+            if self.cols:
+                base = max(base, self.col_slot(write, int(bg[0]), int(p.rank[0]), self.cols[-1][0]))
             serve = self._serve_small if len(bank) <= SMALL_REQUEST_BURSTS else self._serve_vector
             last_cmd, touched, acts, conflicts = serve(bank, bg, row, write, t0, base)
             after_col = (s.cwl_ns + s.t_burst_ns + s.twr_ns) if write else s.trtp_ns
@@ -293,8 +408,9 @@ class Channel:
                 p.rank[-1]), write
             if write:
                 self.last_wr_end_ns = end
+            self.bus_floor_ns = last_cmd + s.t_burst_ns
             p.first_ns = base + (s.cwl_ns if write else s.cl_ns)
-            p.end_ns, p.busy_ns = end, len(bank) * s.t_burst_ns
+            p.end_ns = end
             self.claim_free_ns = end
         return self.last_cmd_ns
 
