@@ -79,6 +79,7 @@ class Channel:
         self.overflow: deque[Part] = deque()  # reads beyond queue_depth, waiting outside
         self.writes: list[Part] = []
         self.write_bursts = 0
+        self.drain_timer = False
         self.open_page = cfg.page_policy == "open"
         self.frfcfs = cfg.scheduler == "frfcfs"
         self.batches = 0
@@ -96,6 +97,7 @@ class Channel:
                 part.done(part)
                 part.done = _nothing
             self._maybe_drain(now)
+            self._idle_drain_later(now)
         elif n > LIST_LIMIT or not self.frfcfs:
             self._maybe_drain(now)
             self._begin(now)
@@ -159,8 +161,21 @@ class Channel:
                 part.done(part)
         while self.overflow and self.queued < self.cfg.queue_depth:
             self._enqueue(self.overflow.popleft(), t)
-        self.bank_next[b] = max(t, last_col - self.s.trp_ns - self.s.trcd_ns)
+        self.bank_next[b] = max(t, last_col - self.s.tras_ns - self.s.trp_ns)  # one row cycle ahead
         self._wake_bank(b, t)
+        self._idle_drain_later(t)
+
+    def _idle_drain_later(self, t: float) -> None:
+        """Buffered writes above the low watermark drain when the bus runs out of reads."""
+        if (self.write_bursts > self.cfg.write_low_watermark and not self.queued and not self.drain_timer):
+            self.drain_timer = True
+            self.env.timeout(max(0.0, self.last_cmd_ns - t)).callbacks.append(self._on_drain_timer)
+
+    def _on_drain_timer(self, _event: Any) -> None:
+        self.drain_timer = False
+        now = self.env.now
+        self._maybe_drain(now)
+        self._idle_drain_later(now)
 
     def _maybe_drain(self, t: float) -> None:
         """Drain the write buffer when it reaches the high watermark, or above the low one when idle."""
