@@ -181,10 +181,10 @@ class DramConfig:
                                                      "controller schedules together; more wait outside).")
     bank_queue_depth: int = param(8, ge=1, le=4096, doc="banked: queued bursts per bank the scheduler sees at "
                                                        "once (a bank's command queue; DRAMsim3: 8).")
-    write_high_watermark: int = param(32, ge=1, le=4096,
+    write_high_watermark: int = param(32, ge=0, le=4096,
                                       doc="banked: buffered write bursts per channel that force a write drain "
                                           "(writes are posted; also drained when no read waits and more than "
-                                          "write_low_watermark are buffered).")
+                                          "write_low_watermark are buffered; 0: no write buffer).")
     write_low_watermark: int = param(8, ge=0, le=4096, doc="banked: buffered write bursts drained when idle.")
     refresh: bool = param(False, doc="banked: model all-bank refresh (tRFC every tREFI, rows closed).")
     # --- banked: timing (ns) --------------------------------------------------------------------------------

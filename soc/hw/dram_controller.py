@@ -63,7 +63,10 @@ class Channel:
         self.ready_ns = [0.0] * nb         # earliest activate of a precharged bank
         # committed activates per rank and column commands, by time: later work may fill earlier gaps
         self.acts: list[list[tuple[float, int]]] = [[] for _ in range(spec.ranks)]
-        self.cols: list[tuple[float, int, int, bool]] = []
+        # the data bus as busy stretches of column commands: [first t, w, g, r, last t, w, g, r]; holes
+        # narrower than two bursts are merged away (nothing fits in them)
+        self.bus: list[list] = []
+        self.bus_starts: list[float] = []
         self.bus_floor_ns = NEVER          # the in-order path's last column command
         self.claim_free_ns = 0.0           # end of the last data on the bus
         self.floor_ns = 0.0                # no command before this (refresh)
@@ -276,20 +279,41 @@ class Channel:
         return s.cwl_ns + s.t_burst_ns + (s.twtr_l_ns if g1 == g2 else s.twtr_s_ns)
 
     def col_slot(self, w: bool, g: int, r: int, want: float) -> float:
-        """Earliest column command at or after ``want`` in a gap of the committed ones on the data bus."""
-        cols, gap = self.cols, self.col_gap
+        """Earliest column command at or after ``want`` in a hole of the committed ones on the data bus."""
+        bus, starts, gap = self.bus, self.bus_starts, self.col_gap
         t = max(want, self.bus_floor_ns)
         while True:
-            i = bisect_right(cols, (t, 1 << 30, 0, True))
-            if i and t < cols[i - 1][0] + gap(cols[i - 1][3], cols[i - 1][1], cols[i - 1][2], w, g, r) - 1e-9:
-                p = cols[i - 1]
-                t = p[0] + gap(p[3], p[1], p[2], w, g, r)
-                continue
-            if i < len(cols) and cols[i][0] < t + gap(w, g, r, cols[i][3], cols[i][1], cols[i][2]) - 1e-9:
-                n = cols[i]
-                t = max(t, n[0] + gap(n[3], n[1], n[2], w, g, r))
-                continue
+            i = bisect_right(starts, t)
+            if i:
+                a = bus[i - 1]
+                lo = a[4] + gap(a[5], a[6], a[7], w, g, r)
+                if t < lo - 1e-9:
+                    t = lo
+                    continue
+            if i < len(bus):
+                b = bus[i]
+                if b[0] < t + gap(w, g, r, b[1], b[2], b[3]) - 1e-9:
+                    t = b[4] + gap(b[5], b[6], b[7], w, g, r)
+                    continue
             return t
+
+    def col_commit(self, t: float, w: bool, g: int, r: int) -> None:
+        bus, starts = self.bus, self.bus_starts
+        near = 2 * self.s.t_burst_ns - 1e-9
+        i = bisect_right(starts, t)
+        prev = i > 0 and t - bus[i - 1][4] < near
+        nxt = i < len(bus) and bus[i][0] - t < near
+        if prev and nxt:
+            bus[i - 1][4:] = bus[i][4:]
+            del bus[i], starts[i]
+        elif prev:
+            bus[i - 1][4:] = [t, w, g, r]
+        elif nxt:
+            bus[i][:4] = [t, w, g, r]
+            starts[i] = t
+        else:
+            bus.insert(i, [t, w, g, r, t, w, g, r])
+            starts.insert(i, t)
 
     def prune(self, t0: float) -> None:
         """Forget commands too old to constrain anything at or after ``t0``."""
@@ -297,8 +321,11 @@ class Channel:
         for r, acts in enumerate(self.acts):
             if acts and acts[0][0] < horizon:
                 self.acts[r] = acts[bisect_left(acts, (horizon, -1)):]
-        if self.cols and self.cols[0][0] < horizon:
-            self.cols = self.cols[bisect_left(self.cols, (horizon, -1, -1, False)):]
+        k = 0
+        while k < len(self.bus) and self.bus[k][4] < horizon:
+            k += 1
+        if k:
+            del self.bus[:k], self.bus_starts[:k]
 
     def _bus_ready(self, write: bool, g: int, r: int) -> float:
         """Earliest column command on the data bus after the last one."""
@@ -372,7 +399,7 @@ class Channel:
             t, i, b = best_col
             lst = pend[b]
             lst.remove(i)
-            insort(self.cols, (t, bgs[i], ranks[i], write))
+            self.col_commit(t, write, bgs[i], ranks[i])
             if t >= self.last_cmd_ns:
                 self.last_cmd_ns, self.last_bg, self.last_rank, self.last_write = t, bgs[i], ranks[i], write
             end = t + lat
@@ -406,8 +433,8 @@ class Channel:
         for p in batch:
             bank, bg, row = p.bank, p.bg, p.row
             base = max(t0, self.floor_ns, self._bus_ready(write, int(bg[0]), int(p.rank[0])))
-            if self.cols:
-                base = max(base, self.col_slot(write, int(bg[0]), int(p.rank[0]), self.cols[-1][0]))
+            if self.bus:
+                base = max(base, self.col_slot(write, int(bg[0]), int(p.rank[0]), self.bus[-1][4]))
             serve = self._serve_small if len(bank) <= SMALL_REQUEST_BURSTS else self._serve_vector
             last_cmd, touched, acts, conflicts = serve(bank, bg, row, write, t0, base)
             after_col = (s.cwl_ns + s.t_burst_ns + s.twr_ns) if write else s.trtp_ns
@@ -424,6 +451,8 @@ class Channel:
             if write:
                 self.last_wr_end_ns = end
             self.bus_floor_ns = last_cmd + s.t_burst_ns
+            self.bus.append([base, write, int(bg[0]), int(p.rank[0]), last_cmd, write, int(bg[-1]), int(p.rank[-1])])
+            self.bus_starts.append(base)
             p.first_ns = base + (s.cwl_ns if write else s.cl_ns)
             p.end_ns = end
             self.claim_free_ns = end
