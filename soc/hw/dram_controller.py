@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right, insort
 from collections import deque
+from heapq import heapify, heappop, heappush
 from typing import Any, Callable
 
 import numpy as np
@@ -32,7 +33,7 @@ NEVER = -1e18
 
 #: Batches of at most this many bursts go through the command-by-command scheduler (cross-bank look-ahead);
 #: longer ones through the in-order path (a Python step per activate instead of per burst).
-LIST_LIMIT = 256
+LIST_LIMIT = 16
 #: In-order path: requests of at most this many bursts use a plain Python loop, longer ones numpy.
 SMALL_REQUEST_BURSTS = 64
 
@@ -363,31 +364,34 @@ class Channel:
         depth = self.cfg.bank_queue_depth
         acts = conflicts = 0
         open_row, lastop = self.open_row, self.lastop_ns
-        while pend:
-            best_col = best_act = None
-            for b, lst in pend.items():
-                orow = open_row[b]
-                hit = -1
-                if orow >= 0:
-                    for i in lst[:depth]:
-                        if rows[i] == orow:
-                            hit = i
-                            break
-                if hit >= 0:
-                    t = self.col_slot(write, bgs[hit], ranks[hit], max(col_ok[b], t0, self.floor_ns))
-                    if best_col is None or (t, hit) < best_col[:2]:
-                        best_col = (t, hit, b)
-                else:
-                    i = lst[0]
-                    if orow >= 0:
-                        a = max(self.act_ns[b] + s.tras_ns, lastop[b], t0, self.floor_ns) + s.trp_ns
-                    else:
-                        a = max(self.ready_ns[b], t0, self.floor_ns)
-                    a = self.act_slot(b // self.bpc, bgs[i], a)
-                    if best_act is None or (a, i) < best_act[:2]:
-                        best_act = (a, i, b)
-            if best_act is not None and (best_col is None or best_act[0] <= best_col[0]):
-                _, i, b = best_act
+
+        def candidate(b: int) -> tuple[float, int, int, int]:
+            """(time, 0: activate / 1: column, burst, bank): the bank's next command (FR-FCFS)."""
+            lst = pend[b]
+            orow = open_row[b]
+            if orow >= 0:
+                for i in lst[:depth]:
+                    if rows[i] == orow:
+                        return (self.col_slot(write, bgs[i], ranks[i], max(col_ok[b], t0, self.floor_ns)),
+                                1, i, b)
+                a = max(self.act_ns[b] + s.tras_ns, lastop[b], t0, self.floor_ns) + s.trp_ns
+            else:
+                a = max(self.ready_ns[b], t0, self.floor_ns)
+            i = lst[0]
+            return self.act_slot(b // self.bpc, bgs[i], a), 0, i, b
+
+        # Lazy selection: a bank's cached candidate stays a lower bound while other banks commit (they only
+        # fill the bus and the activate window), so only the popped bank is re-evaluated.
+        heap = [candidate(b) for b in pend]
+        heapify(heap)
+        while heap:
+            cand = heappop(heap)
+            fresh = candidate(cand[3])
+            if heap and fresh > heap[0]:
+                heappush(heap, fresh)
+                continue
+            _, kind, i, b = fresh
+            if kind == 0:
                 conflict = open_row[b] >= 0
                 pre_ok = max(self.act_ns[b] + s.tras_ns, lastop[b]) if conflict else None
                 act = self._activate(b, bgs[i], conflict, pre_ok, t0)
@@ -395,8 +399,9 @@ class Channel:
                 col_ok[b] = act + s.trcd_ns
                 acts += 1
                 conflicts += conflict
+                heappush(heap, candidate(b))
                 continue
-            t, i, b = best_col
+            t = fresh[0]
             lst = pend[b]
             lst.remove(i)
             self.col_commit(t, write, bgs[i], ranks[i])
@@ -414,7 +419,9 @@ class Channel:
             if not self.open_page and not any(rows[j] == rows[i] for j in lst[:depth]):
                 self.ready_ns[b] = max(self.act_ns[b] + s.tras_ns, lastop[b]) + s.trp_ns
                 open_row[b] = -1
-            if not lst:
+            if lst:
+                heappush(heap, candidate(b))
+            else:
                 del pend[b]
         self._count(len(banks), acts, conflicts)
         return ends, firsts, last_col
