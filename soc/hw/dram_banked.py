@@ -133,12 +133,18 @@ class BankedDram(Block):
         self.count("write_bytes" if write else "read_bytes", nbytes)
         idx = self.bursts(where) % (self._capacity // self.spec.burst_bytes)  # addresses wrap at capacity
         self.count("write_bursts" if write else "read_bursts", len(idx))
-        f = self.decode(idx)
-        bank, bg, rank, row = f["bank"], f["bankgroup"], f["rank"], f["row"]
+        sl, sp = self._slices, self.spec
+        zero = np.zeros_like(idx)
+        row = (idx >> sl["row"][0]) & sl["row"][1] if "row" in sl else zero
+        bank = (idx >> sl["bank"][0]) & sl["bank"][1] if "bank" in sl else zero
+        bg = (idx >> sl["bankgroup"][0]) & sl["bankgroup"][1] if "bankgroup" in sl else zero
+        rank = (idx >> sl["rank"][0]) & sl["rank"][1] if "rank" in sl else zero
+        if "bankgroup" in sl or "rank" in sl:  # flat bank over ranks, groups and banks (as decode())
+            bank = rank * sp.banks_per_channel + bg * (sp.banks_per_channel // sp.bank_groups) + bank
         if len(self.chans) == 1:
             groups = [(0, bank, bg, rank, row)]
         else:
-            chan = f["channel"]
+            chan = (idx >> sl["channel"][0]) & sl["channel"][1]
             order = np.argsort(chan, kind="stable")  # keeps each channel's bursts in arrival order
             cuts = np.cumsum(np.bincount(chan, minlength=len(self.chans)))
             groups = [(c, bank[sel], bg[sel], rank[sel], row[sel])

@@ -69,12 +69,13 @@ class Channel:
         self.bus: list[list] = []
         self.bus_starts: list[float] = []
         self.bus_floor_ns = NEVER          # the in-order path's last column command
+        self.gaps = self._gap_table()
+        self.tb = spec.t_burst_ns
         self.claim_free_ns = 0.0           # end of the last data on the bus
         self.floor_ns = 0.0                # no command before this (refresh)
         self.last_cmd_ns = NEVER
         self.last_bg = self.last_rank = -1
         self.last_write = False
-        self.last_wr_end_ns = NEVER
         self.next_ref_ns = spec.trefi_ns
         self.bank_q: dict[int, list[tuple[Part, list[int]]]] = {}  # reads waiting per bank
         self.bank_next: dict[int, float] = {}  # when each bank takes its next decision
@@ -97,7 +98,7 @@ class Channel:
             self.write_bursts += n
             if self.write_bursts <= self.cfg.write_high_watermark:
                 # posted: accepted into the buffer as its data arrives at the channel's rate
-                part.first_ns, part.end_ns = now, now + n * self.s.t_burst_ns
+                part.first_ns, part.end_ns = now, now + n * self.tb
                 part.done(part)
                 part.done = _nothing
             self._maybe_drain(now)
@@ -266,18 +267,30 @@ class Channel:
             if not moved:
                 return a
 
+    def _gap_table(self) -> list[float]:
+        """Minimum time between column commands, indexed by ``_gap_index``."""
+        s = self.s
+        table = [0.0] * 16
+        for w1 in (0, 1):
+            for w2 in (0, 1):
+                for same_g in (0, 1):
+                    for same_r in (0, 1):
+                        if w1 == w2:
+                            gap = (max(s.t_burst_ns, s.tccd_l_ns if same_g else s.tccd_s_ns) if same_r
+                                   else s.t_burst_ns + s.trtrs_ns)
+                        elif w2:  # read -> write: the bus turns around after the read data
+                            gap = (s.cl_ns + s.t_burst_ns + 2 * s.tck_ns - s.cwl_ns
+                                   + (0.0 if same_r else s.trtrs_ns))
+                        elif same_r:
+                            gap = s.cwl_ns + s.t_burst_ns + (s.twtr_l_ns if same_g else s.twtr_s_ns)
+                        else:
+                            gap = s.cwl_ns + s.t_burst_ns + s.trtrs_ns - s.cl_ns
+                        table[w1 << 3 | w2 << 2 | same_g << 1 | same_r] = gap
+        return table
+
     def col_gap(self, w1: bool, g1: int, r1: int, w2: bool, g2: int, r2: int) -> float:
         """Minimum time from a column command (w1, group g1, rank r1) to the next (w2, g2, r2)."""
-        s = self.s
-        if w1 == w2:
-            if r1 == r2:
-                return max(s.t_burst_ns, s.tccd_l_ns if g1 == g2 else s.tccd_s_ns)
-            return s.t_burst_ns + s.trtrs_ns
-        if w2:  # read -> write: the bus turns around after the read data
-            return s.cl_ns + s.t_burst_ns + 2 * s.tck_ns + (s.trtrs_ns if r1 != r2 else 0.0) - s.cwl_ns
-        if r1 != r2:
-            return s.cwl_ns + s.t_burst_ns + s.trtrs_ns - s.cl_ns
-        return s.cwl_ns + s.t_burst_ns + (s.twtr_l_ns if g1 == g2 else s.twtr_s_ns)
+        return self.gaps[w1 << 3 | w2 << 2 | (g1 == g2) << 1 | (r1 == r2)]
 
     def col_slot(self, w: bool, g: int, r: int, want: float) -> float:
         """Earliest column command at or after ``want`` in a hole of the committed ones on the data bus."""
@@ -300,7 +313,7 @@ class Channel:
 
     def col_commit(self, t: float, w: bool, g: int, r: int) -> None:
         bus, starts = self.bus, self.bus_starts
-        near = 2 * self.s.t_burst_ns - 1e-9
+        near = 2 * self.tb - 1e-9
         i = bisect_right(starts, t)
         prev = i > 0 and t - bus[i - 1][4] < near
         nxt = i < len(bus) and bus[i][0] - t < near
@@ -330,16 +343,7 @@ class Channel:
 
     def _bus_ready(self, write: bool, g: int, r: int) -> float:
         """Earliest column command on the data bus after the last one."""
-        s = self.s
-        if self.last_write == write:
-            if r == self.last_rank:
-                return self.last_cmd_ns + (max(s.t_burst_ns, s.tccd_l_ns if g == self.last_bg else s.tccd_s_ns))
-            return self.last_cmd_ns + s.t_burst_ns + s.trtrs_ns
-        if write:  # read -> write: the bus turns around after the read data
-            return self.claim_free_ns + 2 * s.tck_ns + (s.trtrs_ns if r != self.last_rank else 0.0) - s.cwl_ns
-        if r != self.last_rank:
-            return self.last_wr_end_ns + s.trtrs_ns - s.cl_ns
-        return self.last_wr_end_ns + (s.twtr_l_ns if g == self.last_bg else s.twtr_s_ns)
+        return self.last_cmd_ns + self.col_gap(self.last_write, self.last_bg, self.last_rank, write, g, r)
 
     # --- command by command: FR-FCFS with cross-bank look-ahead -----------------------------------------------
     def _list(self, bursts: list[tuple[int, int, int, int, int]], owners: int, write: bool, t0: float
@@ -357,8 +361,9 @@ class Channel:
         for i, b in enumerate(banks):
             pend.setdefault(b, []).append(i)
         col_ok = {b: self.act_ns[b] + s.trcd_ns for b in pend}
-        lat = (s.cwl_ns if write else s.cl_ns) + s.t_burst_ns
-        after_col = (s.cwl_ns + s.t_burst_ns + s.twr_ns) if write else s.trtp_ns
+        tb = self.tb
+        lat = (s.cwl_ns if write else s.cl_ns) + tb
+        after_col = (s.cwl_ns + tb + s.twr_ns) if write else s.trtp_ns
         ends = [NEVER] * owners
         firsts = [1e300] * owners
         depth = self.cfg.bank_queue_depth
@@ -409,13 +414,11 @@ class Channel:
                 self.last_cmd_ns, self.last_bg, self.last_rank, self.last_write = t, bgs[i], ranks[i], write
             end = t + lat
             self.claim_free_ns = max(self.claim_free_ns, end)
-            if write:
-                self.last_wr_end_ns = max(self.last_wr_end_ns, end)
             lastop[b] = max(lastop[b], t + after_col)
             last_col = max(last_col, t)
             k = owner[i]
             ends[k] = max(ends[k], end)
-            firsts[k] = min(firsts[k], end - s.t_burst_ns)
+            firsts[k] = min(firsts[k], end - tb)
             if not self.open_page and not any(rows[j] == rows[i] for j in lst[:depth]):
                 self.ready_ns[b] = max(self.act_ns[b] + s.tras_ns, lastop[b]) + s.trp_ns
                 open_row[b] = -1
@@ -455,8 +458,6 @@ class Channel:
             end = last_cmd + (s.cwl_ns if write else s.cl_ns) + s.t_burst_ns
             self.last_cmd_ns, self.last_bg, self.last_rank, self.last_write = last_cmd, int(bg[-1]), int(
                 p.rank[-1]), write
-            if write:
-                self.last_wr_end_ns = end
             self.bus_floor_ns = last_cmd + s.t_burst_ns
             self.bus.append([base, write, int(bg[0]), int(p.rank[0]), last_cmd, write, int(bg[-1]), int(p.rank[-1])])
             self.bus_starts.append(base)
