@@ -34,10 +34,10 @@ __all__ = ["BankedDram", "DramSpec", "resolve_spec"]
 class _Claim:
     """A request's claim on the DRAM, usable in ``hold``: granted when its last channel's data starts."""
 
-    __slots__ = ("env", "event", "duration", "parts", "left", "order")
+    __slots__ = ("env", "event", "duration", "parts", "left", "order", "counts")
 
-    def __init__(self, env: simpy.Environment, duration: float, order: int) -> None:
-        self.env, self.duration, self.order = env, duration, order
+    def __init__(self, env: simpy.Environment, duration: float, order: int, counts: dict[str, float]) -> None:
+        self.env, self.duration, self.order, self.counts = env, duration, order, counts
         self.event = env.event()
         self.parts: list[tuple[Channel, Part]] = []
         self.left = 0
@@ -49,6 +49,7 @@ class _Claim:
         end = max(p.end_ns for _, p in self.parts)
         wait = end - self.duration - self.env.now
         if wait > 1e-12:
+            self.counts["grant_events"] += 1
             self.env.timeout(wait).callbacks.append(lambda _e: self.event.succeed())
         else:
             self.event.succeed()
@@ -83,7 +84,8 @@ class BankedDram(Block):
         self._cursor = 0  # where=None: accesses stream through the address space
         self._capacity = spec.channels * spec.ranks * spec.banks_per_channel * spec.rows_per_bank * spec.row_bytes
         for key in ("read_bytes", "write_bytes", "read_bursts", "write_bursts", "activations", "row_hits",
-                    "row_misses", "row_conflicts", "refreshes"):
+                    "row_misses", "row_conflicts", "refreshes", "requests", "grant_events", "decision_events",
+                    "decisions", "write_drains", "scheduled_by_command"):
             self.counts[key] = 0.0
 
     # --- addresses ------------------------------------------------------------------------------------------
@@ -150,7 +152,8 @@ class BankedDram(Block):
             groups = [(c, bank[sel], bg[sel], rank[sel], row[sel])
                       for c, sel in enumerate(np.split(order, cuts[:-1])) if len(sel)]
         busiest = max(len(g[1]) for g in groups)
-        claim = _Claim(self.env, busiest * self.spec.t_burst_ns, self._order)
+        self.counts["requests"] += 1
+        claim = _Claim(self.env, busiest * self.spec.t_burst_ns, self._order, self.counts)
         claim.left = len(groups)
         tb = self.spec.t_burst_ns
         for c, b, g, r, w in groups:
@@ -168,6 +171,19 @@ class BankedDram(Block):
         return {"activate": c["activations"] * s.activate_pj, "read": c["read_bursts"] * s.read_burst_pj,
                 "write": c["write_bursts"] * s.write_burst_pj, "refresh": c["refreshes"] * s.refresh_pj,
                 "io": bursts * s.burst_bytes * s.io_pj_per_byte}
+
+    def controller_cost(self) -> dict[str, Any]:
+        """Events and analytic work the controller spent, in total and per request."""
+        c = self.counts
+        n = max(1.0, c["requests"])
+        bursts = c["read_bursts"] + c["write_bursts"]
+        return {"requests": c["requests"], "grant_events": c["grant_events"],
+                "decision_events": c["decision_events"], "decisions": c["decisions"],
+                "write_drains": c["write_drains"],
+                "bursts_scheduled_by_command": c["scheduled_by_command"],
+                "bursts_scheduled_in_order": bursts - c["scheduled_by_command"],
+                "events_per_request": (c["grant_events"] + c["decision_events"]) / n,
+                "decisions_per_request": c["decisions"] / n, "bursts_per_request": bursts / n}
 
     @property
     def static_mw(self) -> float:
@@ -191,5 +207,7 @@ class BankedDram(Block):
             "burst_bytes": s.burst_bytes, "bytes_moved": moved,
             "overfetch_bytes": moved - c["read_bytes"] - c["write_bytes"], "refreshes": c["refreshes"],
             "channel_busy_ns": [p.busy_ns for p in self.ports],
+            # the model's own cost: SimPy events and scheduling work per request (soc bench reads these)
+            "controller": self.controller_cost(),
             "spec": dataclasses.asdict(s),
         }

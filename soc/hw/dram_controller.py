@@ -87,7 +87,6 @@ class Channel:
         self.drain_timer = False
         self.open_page = cfg.page_policy == "open"
         self.frfcfs = cfg.scheduler == "frfcfs"
-        self.batches = 0
 
     # --- the queue ------------------------------------------------------------------------------------------
     def submit(self, part: Part) -> None:
@@ -134,6 +133,7 @@ class Channel:
             self._decide_bank(b, now)
         else:
             self.timers.add(b)
+            self.counts["decision_events"] += 1
             self.env.timeout(due - now).callbacks.append(lambda _e, b=b: self._on_bank_timer(b))
 
     def _on_bank_timer(self, b: int) -> None:
@@ -143,7 +143,7 @@ class Channel:
     def _begin(self, t: float) -> None:
         if self.cfg.refresh:
             self._refresh(max(t, self.claim_free_ns))
-        self.batches += 1
+        self.counts["decisions"] += 1
         self.prune(t)
 
     def _decide_bank(self, b: int, t: float) -> None:
@@ -174,6 +174,7 @@ class Channel:
         """Buffered writes above the low watermark drain when the bus runs out of reads."""
         if (self.write_bursts > self.cfg.write_low_watermark and not self.queued and not self.drain_timer):
             self.drain_timer = True
+            self.counts["decision_events"] += 1
             self.env.timeout(max(0.0, self.last_cmd_ns - t)).callbacks.append(self._on_drain_timer)
 
     def _on_drain_timer(self, _event: Any) -> None:
@@ -188,6 +189,7 @@ class Channel:
         if self.write_bursts >= cfg.write_high_watermark or (
                 self.write_bursts > cfg.write_low_watermark and not self.queued and self.last_cmd_ns <= t):
             batch, self.writes, self.write_bursts = self.writes, [], 0
+            self.counts["write_drains"] += 1
             self._begin(t)
             if sum(len(p.bank) for p in batch) <= LIST_LIMIT and self.frfcfs:
                 bursts = []
@@ -427,6 +429,7 @@ class Channel:
             else:
                 del pend[b]
         self._count(len(banks), acts, conflicts)
+        self.counts["scheduled_by_command"] += len(banks)
         return ends, firsts, last_col
 
     def _count(self, n: int, acts: int, conflicts: int) -> None:
