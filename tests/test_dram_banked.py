@@ -316,9 +316,10 @@ def test_banked_dram_in_the_soc_counts_the_demanded_bytes(paper_cfg, small_trace
 def test_python_and_vector_schedulers_agree(monkeypatch, preset, policy, sched):
     """The two implementations of the in-order path (short requests: a loop; long: numpy) give identical
     timing, counters and bank state on the same random mix of streams, scattered pieces and writes."""
-    import soc.hw.dram_controller as mod
+    import soc.hw.dram_controller as ctl
+    import soc.hw.dram_inorder as mod
 
-    monkeypatch.setattr(mod, "LIST_LIMIT", 0)  # every request through the in-order path
+    monkeypatch.setattr(ctl, "LIST_LIMIT", 0)  # every request through the in-order path
     runs = []
     for small in (10**9, 0):
         monkeypatch.setattr(mod, "SMALL_REQUEST_BURSTS", small)

@@ -1,23 +1,22 @@
-"""The per-channel DRAM controller of ``dram.kind: banked``: a bounded transaction queue scheduled in batches.
+"""The per-channel DRAM controller of ``dram.kind: banked``: a bounded transaction queue, FR-FCFS, write buffer.
 
-A channel's controller holds the read requests that reached it (at most ``queue_depth``; more wait outside)
-and a write buffer (writes are posted: accepted at once while the buffer has room). At a *decision* it takes
-the queued work, either the reads or, when the buffer reaches ``write_high_watermark`` (or no read waits and it
-holds more than ``write_low_watermark`` bursts), every buffered write, and computes analytically when each
-burst's commands issue, without one SimPy event per burst:
+A channel's controller holds the reads that reached it (at most ``queue_depth`` requests; more wait outside)
+in per-bank queues, and a write buffer. Writes are posted (done when their data is in the buffer); the
+buffer drains in one batch at ``write_high_watermark`` bursts, or above ``write_low_watermark`` once the bus
+has no reads left. Timing is analytic, without one SimPy event per burst:
 
-- FR-FCFS: a bank with queued bursts to its open row serves those first (oldest first); only when none is left
-  is it precharged and the oldest other row activated. Across banks the controller always commits the command
-  that can issue earliest: activates of idle banks go ahead of column commands still waiting on tRCD, so banks
-  work in parallel within tRRD_S/L and four activates per tFAW (per rank).
-- Column commands share the data bus: tCCD_S/L and the burst within a rank, burst + tRTRS across ranks, tWTR
-  after writes, a 2-cycle turnaround before writes; a precharge waits for tRAS, tRTP and tWR.
-
-The next decision comes when the batch's last column command is a row cycle (tRP + tRCD) away, so the next
-batch's activates overlap its tail; requests arriving meanwhile join that batch. A batch of more than
-``LIST_LIMIT`` bursts (long transfers of the SoC's dataflows) is served by the cheaper in-order path: bursts in
-arrival order after per-bank row grouping (the FR-FCFS order without cross-bank look-ahead), numpy for the
-hits and a Python step per activate.
+- A bank *decides* its queued bursts at once when its committed work ends within a row cycle (tRAS + tRP),
+  else at that point (one timer event), so requests arriving meanwhile are reordered together.
+- FR-FCFS: among a bank's first ``bank_queue_depth`` queued bursts, those to the open row go first (oldest
+  first); only when none is left is the bank precharged and the oldest other row opened.
+- Activates and column commands are placed in the channel's committed timelines wherever they fit: an
+  activate keeps tRRD_S/L to every committed activate of its rank and at most four per tFAW; a column
+  command fits a hole on the data bus (tCCD_S/L and the burst within a rank, burst + tRTRS across ranks, the
+  read/write turnarounds). So an idle bank activates while another waits on tRC, and a later request's hit
+  may use bus time an earlier request's activate left free. Within a decision the command that can issue
+  earliest is committed first (a lazy heap over the banks).
+- Parts of more than ``LIST_LIMIT`` bursts (the SoC's tile transfers) take the in-order path at once
+  (soc/hw/dram_inorder.py): a Python step per activate instead of per burst.
 """
 
 from __future__ import annotations
@@ -29,13 +28,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-NEVER = -1e18
+from soc.hw.dram_inorder import NEVER, InOrderPath
 
-#: Batches of at most this many bursts go through the command-by-command scheduler (cross-bank look-ahead);
-#: longer ones through the in-order path (a Python step per activate instead of per burst).
+#: Reads of at most this many bursts on a channel go through the per-bank queues and the command-by-command
+#: scheduler; longer ones through the in-order path. 16: the mem-hbm2 MiniLM run spent 1.8x the wall time of
+#: the old model with 256 (most tile parts are 17-64 bursts), 1.1x with 16.
 LIST_LIMIT = 16
-#: In-order path: requests of at most this many bursts use a plain Python loop, longer ones numpy.
-SMALL_REQUEST_BURSTS = 64
 
 
 class Part:
@@ -51,7 +49,7 @@ class Part:
         self.left = 0
 
 
-class Channel:
+class Channel(InOrderPath):
     """One channel's banks, data bus and controller queues."""
 
     def __init__(self, env, port, spec, cfg, counts: dict[str, float]) -> None:
@@ -439,154 +437,5 @@ class Channel:
         c["row_misses"] += acts - conflicts
         c["row_hits"] += n - acts
 
-    # --- in order: long batches -----------------------------------------------------------------------------------
-    def _in_order(self, batch: list[Part], write: bool, t0: float) -> float:
-        """Each request in turn, its bursts in arrival order after per-bank row grouping (frfcfs)."""
-        s = self.s
-        for p in batch:
-            bank, bg, row = p.bank, p.bg, p.row
-            base = max(t0, self.floor_ns, self._bus_ready(write, int(bg[0]), int(p.rank[0])))
-            if self.bus:
-                base = max(base, self.col_slot(write, int(bg[0]), int(p.rank[0]), self.bus[-1][4]))
-            serve = self._serve_small if len(bank) <= SMALL_REQUEST_BURSTS else self._serve_vector
-            last_cmd, touched, acts, conflicts = serve(bank, bg, row, write, t0, base)
-            after_col = (s.cwl_ns + s.t_burst_ns + s.twr_ns) if write else s.trtp_ns
-            for b, (r, cmd_b) in touched.items():  # the request's last access to each bank
-                if self.open_page:
-                    self.open_row[b], self.lastop_ns[b] = r, cmd_b + after_col
-                else:
-                    self.open_row[b] = -1
-                    self.ready_ns[b] = max(self.act_ns[b] + s.tras_ns, cmd_b + after_col) + s.trp_ns
-            self._count(len(bank), acts, conflicts)
-            end = last_cmd + (s.cwl_ns if write else s.cl_ns) + s.t_burst_ns
-            self.last_cmd_ns, self.last_bg, self.last_rank, self.last_write = last_cmd, int(bg[-1]), int(
-                p.rank[-1]), write
-            self.bus_floor_ns = last_cmd + s.t_burst_ns
-            self.bus.append([base, write, int(bg[0]), int(p.rank[0]), last_cmd, write, int(bg[-1]), int(p.rank[-1])])
-            self.bus_starts.append(base)
-            p.first_ns = base + (s.cwl_ns if write else s.cl_ns)
-            p.end_ns = end
-            self.claim_free_ns = end
-        return self.last_cmd_ns
-
-    def _serve_small(self, bank, bg, row, write, t0, base):
-        """One burst at a time: (last command, {bank: (row, its last command)}, activates, conflicts)."""
-        s = self.s
-        bank, bg, row = bank.tolist(), bg.tolist(), row.tolist()
-        if self.frfcfs and len(bank) > 1:
-            perm = frfcfs_order(bank, row, self.open_row)
-            bank, bg, row = [bank[q] for q in perm], [bg[q] for q in perm], [row[q] for q in perm]
-        gap_l, gap_s = max(s.t_burst_ns, s.tccd_l_ns), max(s.t_burst_ns, s.tccd_s_ns)
-        after_col = (s.cwl_ns + s.t_burst_ns + s.twr_ns) if write else s.trtp_ns
-        seen: dict[int, tuple[int, float]] = {}
-        acts = conflicts = 0
-        cmd, prev_g = base, None
-        for b, g, r in zip(bank, bg, row):
-            chain = base if prev_g is None else cmd + (gap_l if g == prev_g else gap_s)
-            p = seen.get(b)
-            ref = p[0] if p is not None else self.open_row[b]
-            if ref != r:
-                acts += 1
-                conflict = self.open_page and ref >= 0
-                conflicts += conflict
-                if p is not None:
-                    pre_ok = max(self.act_ns[b] + s.tras_ns, p[1] + after_col)
-                elif conflict:
-                    pre_ok = max(self.act_ns[b] + s.tras_ns, self.lastop_ns[b])
-                else:
-                    pre_ok = None
-                chain = max(chain, self._activate(b, g, conflict, pre_ok, t0) + s.trcd_ns)
-            cmd, prev_g = chain, g
-            seen[b] = (r, cmd)
-        return cmd, seen, acts, conflicts
-
-    def _serve_vector(self, bank, bg, row, write, t0, base):
-        """The same rules over numpy arrays: hits advance by cumulative command gaps; only the bursts that
-        need an activate (segment starts) are visited one by one."""
-        s = self.s
-        n = len(bank)
-        pos = np.arange(n)
-        open_row = np.asarray(self.open_row, dtype=np.int64)
-        if self.frfcfs:
-            bank, bg, row = frfcfs_vector(bank, bg, row, pos, open_row)
-        by_bank = np.argsort(bank, kind="stable")
-        sb = bank[by_bank]
-        same = sb[1:] == sb[:-1]
-        prev = np.full(n, -1, dtype=np.int64)  # previous burst to the same bank in service order
-        prev[by_bank[1:][same]] = by_bank[:-1][same]
-        ref_row = np.where(prev >= 0, row[prev], open_row[bank])
-        new_run = ref_row != row
-        conflict = new_run & (ref_row >= 0) if self.open_page else np.zeros(n, dtype=bool)
-        gap_l, gap_s = max(s.t_burst_ns, s.tccd_l_ns), max(s.t_burst_ns, s.tccd_s_ns)
-        if gap_l == gap_s:
-            G = pos * gap_s
-        else:
-            G = np.zeros(n)
-            np.cumsum(np.where(bg[1:] == bg[:-1], gap_l, gap_s), out=G[1:])
-        seg = new_run.copy()
-        seg[0] = True
-        ordinal = np.cumsum(seg) - 1          # which segment each burst is in
-        starts = np.flatnonzero(seg)
-        offset = G - G[starts[ordinal]]       # command time after its segment's first command
-        pk = prev[starts]
-        has_p = pk >= 0
-        pk0 = np.where(has_p, pk, 0)
-        after_col = (s.cwl_ns + s.t_burst_ns + s.twr_ns) if write else s.trtp_ns
-        G_k, bank_k, bg_k = G[starts].tolist(), bank[starts].tolist(), bg[starts].tolist()
-        new_k, conf_k, hasp_k = new_run[starts].tolist(), conflict[starts].tolist(), has_p.tolist()
-        pord_k, poff_k = ordinal[pk0].tolist(), (offset[pk0] + after_col).tolist()
-        cmd_seg: list[float] = []
-        for i in range(len(G_k)):
-            chain = base if i == 0 else cmd_seg[-1] + G_k[i] - G_k[i - 1]
-            if new_k[i]:
-                b = bank_k[i]
-                if hasp_k[i]:
-                    pre_ok = max(self.act_ns[b] + s.tras_ns, cmd_seg[pord_k[i]] + poff_k[i])
-                elif conf_k[i]:
-                    pre_ok = max(self.act_ns[b] + s.tras_ns, self.lastop_ns[b])
-                else:
-                    pre_ok = None
-                chain = max(chain, self._activate(b, bg_k[i], conf_k[i], pre_ok, t0) + s.trcd_ns)
-            cmd_seg.append(chain)
-        ends = np.flatnonzero(np.append(~same, True))  # last burst of each bank in by-bank order
-        last = by_bank[ends]
-        cmd_last = (np.asarray(cmd_seg)[ordinal[last]] + offset[last]).tolist()
-        touched = dict(zip(sb[ends].tolist(), zip(row[last].tolist(), cmd_last)))
-        return cmd_seg[-1] + float(offset[-1]), touched, int(new_run.sum()), int(conflict.sum())
-
-
 def _nothing(_part: Part) -> None:
     pass
-
-
-def frfcfs_order(bank: list[int], row: list[int], open_row: list[int]) -> list[int]:
-    """FR-FCFS within a request: per bank, bursts to the open row first, then each row's bursts together in
-    order of first arrival; every bank keeps the slots it had, so bank interleaving is unchanged."""
-    slots: dict[int, list[int]] = {}
-    first: dict[tuple[int, int], int] = {}
-    for q, (b, r) in enumerate(zip(bank, row)):
-        slots.setdefault(b, []).append(q)
-        first.setdefault((b, r), q)
-    perm = list(range(len(bank)))
-    for b, mine in slots.items():
-        served = sorted(mine, key=lambda q: (row[q] != open_row[b], first[(b, row[q])], q))
-        for slot, q in zip(mine, served):
-            perm[slot] = q
-    return perm
-
-
-def frfcfs_vector(bank, bg, row, pos, open_row):
-    """``frfcfs_order`` over numpy arrays: one sort by (bank, not open row, row's first arrival, arrival)."""
-    n = len(bank)
-    combo = bank * (int(row.max()) + 1) + row
-    order = np.argsort(combo, kind="stable")
-    sc = combo[order]
-    run_start = np.empty(n, dtype=bool)
-    run_start[0] = True
-    np.not_equal(sc[1:], sc[:-1], out=run_start[1:])
-    group_first = np.empty_like(pos)
-    group_first[order] = order[run_start][np.cumsum(run_start) - 1]  # stable: a group's first is its earliest
-    key = ((bank * 2 + (row != open_row[bank])) * n + group_first) * n + pos
-    perm = np.empty_like(pos)
-    perm[np.argsort(bank, kind="stable")] = np.argsort(key)
-    return bank[perm], bg[perm], row[perm]
