@@ -32,7 +32,7 @@ from soc.hw.dram_inorder import NEVER, InOrderPath
 
 #: Reads of at most this many bursts on a channel go through the per-bank queues and the command-by-command
 #: scheduler; longer ones through the in-order path. 16: the mem-hbm2 MiniLM run spent 1.8x the wall time of
-#: the old model with 256 (most tile parts are 17-64 bursts), 1.1x with 16.
+#: the old model with 256 (most of its bursts are in parts of 17-256), 1.1x with 16.
 LIST_LIMIT = 16
 
 
@@ -189,7 +189,7 @@ class Channel(InOrderPath):
             batch, self.writes, self.write_bursts = self.writes, [], 0
             self.counts["write_drains"] += 1
             self._begin(t)
-            if sum(len(p.bank) for p in batch) <= LIST_LIMIT and self.frfcfs:
+            if sum(len(p.bank) for p in batch) <= max(LIST_LIMIT, cfg.write_high_watermark) and self.frfcfs:
                 bursts = []
                 for k, p in enumerate(batch):
                     bursts += [(b, g, r, w, k) for b, g, r, w in zip(p.bank.tolist(), p.bg.tolist(),
