@@ -180,6 +180,8 @@ class DramConfig:
     preset: str = param("lpddr4-3200", choices=_DRAM_PRESETS,
                         doc="banked: standard part whose timing, organization and energy fill every null field.")
     channels: int | None = param(None, ge=1, le=64, doc="banked: independent channels (each its own data bus).")
+    ranks: int | None = param(None, ge=1, le=16, doc="banked: ranks per channel (share the data bus; tRTRS "
+                                                     "between ranks; tRRD/tFAW per rank).")
     banks_per_channel: int | None = param(None, ge=1, le=256, doc="banked: banks per channel (all groups).")
     bank_groups: int | None = param(None, ge=1, le=64, doc="banked: bank groups per channel (1: none).")
     rows_per_bank: int | None = param(None, ge=1, le=1 << 24, doc="banked: rows per bank (a power of two).")
@@ -194,9 +196,17 @@ class DramConfig:
                              doc="banked: open keeps a row open until a conflict; closed precharges after the "
                                  "last access of a request to that row.")
     scheduler: str = param("frfcfs", choices=("fcfs", "frfcfs"),
-                           doc="banked: fcfs serves a request's bursts in address order; frfcfs serves, per "
-                               "bank, bursts to the open row first and each row's bursts together (within one "
-                               "request: requests themselves are served in arrival order).")
+                           doc="banked: frfcfs serves the queued requests' bursts row hits first, then oldest, "
+                               "activating banks in parallel; fcfs serves bursts in arrival order.")
+    queue_depth: int = param(32, ge=1, le=4096, doc="banked: transaction queue per channel (requests the "
+                                                     "controller schedules together; more wait outside).")
+    bank_queue_depth: int = param(8, ge=1, le=4096, doc="banked: queued bursts per bank the scheduler sees at "
+                                                       "once (a bank's command queue; DRAMsim3: 8).")
+    write_high_watermark: int = param(32, ge=0, le=4096,
+                                      doc="banked: buffered write bursts per channel that force a write drain "
+                                          "(writes are posted; also drained when no read waits and more than "
+                                          "write_low_watermark are buffered; 0: no write buffer).")
+    write_low_watermark: int = param(8, ge=0, le=4096, doc="banked: buffered write bursts drained when idle.")
     refresh: bool = param(False, doc="banked: model all-bank refresh (tRFC every tREFI, rows closed).")
     # --- banked: timing (ns) --------------------------------------------------------------------------------
     cl_ns: float | None = param(None, ge=0.0, le=1e4, doc="banked: read command to first data (CL/RL).")
@@ -215,6 +225,7 @@ class DramConfig:
     tfaw_ns: float | None = param(None, ge=0.0, le=1e5, doc="banked: window holding at most four activates.")
     trfc_ns: float | None = param(None, ge=0.0, le=1e5, doc="banked: all-bank refresh duration.")
     trefi_ns: float | None = param(None, gt=0.0, le=1e7, doc="banked: refresh interval.")
+    trtrs_ns: float | None = param(None, ge=0.0, le=1e4, doc="banked: rank-to-rank switch on the data bus.")
     # --- banked: energy ------------------------------------------------------------------------------------------
     activate_pj: float | None = param(None, ge=0.0, doc="banked: one activate + its precharge.")
     read_burst_pj: float | None = param(None, ge=0.0, doc="banked: one read burst in the devices.")

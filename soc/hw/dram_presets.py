@@ -53,11 +53,12 @@ def _preset(values: dict[str, Any], *, vdd: float, devices: int, idd0: float, id
 # = 1.1 V, per x16 channel) are typical datasheet values of 8 Gb/channel parts: assumed.
 LPDDR4_3200 = _preset({
     "standard": "LPDDR4-3200",
-    "channels": 1, "banks_per_channel": 8, "bank_groups": 1, "rows_per_bank": 65536, "row_bytes": 2048,
+    "channels": 1, "ranks": 1, "banks_per_channel": 8, "bank_groups": 1, "rows_per_bank": 65536, "row_bytes": 2048,
     "bus_bytes": 2, "burst_length": 16, "data_rate_mtps": 3200.0,
     "cl_ns": 17.5, "cwl_ns": 8.75, "trcd_ns": 18.0, "trp_ns": 18.0, "tras_ns": 42.0, "twr_ns": 18.0,
     "trtp_ns": 7.5, "twtr_s_ns": 10.0, "twtr_l_ns": 10.0, "tccd_s_ns": 5.0, "tccd_l_ns": 5.0,
     "trrd_s_ns": 10.0, "trrd_l_ns": 10.0, "tfaw_ns": 40.0, "trfc_ns": 280.0, "trefi_ns": 3904.0,
+    "trtrs_ns": 0.625,
     "address_mapping": "row:bank:channel:column",
     # unterminated LVSTL I/O, ~1 pJ/bit: assumed
     "io_pj_per_byte": 8.0,
@@ -67,19 +68,20 @@ LPDDR4_3200 = _preset({
 # DRAMsim3 configs/DDR4_8Gb_x8_3200.ini (JESD79-4 3200AA, 22-22-22): tCK 0.625 ns, CL = tRCD = tRP = 22 tCK =
 # 13.75 ns, CWL 16 tCK = 10 ns, tRAS 52 tCK = 32.5 ns, tWR 24 tCK = 15 ns, tRTP 12 tCK = 7.5 ns, tWTR_S/L 4/12
 # tCK = 2.5/7.5 ns, tCCD_S/L 4/8 tCK = 2.5/5 ns, tRRD_S/L 4/8 tCK = 2.5/5 ns, tFAW 34 tCK = 21.25 ns, tRFC 560
-# tCK = 350 ns, tREFI 12480 tCK = 7.8 us; 4 bank groups x 4 banks, 65536 rows, 1024 columns x 8 devices x 8
+# tCK = 350 ns, tREFI 12480 tCK = 7.8 us, tRTRS 1 tCK = 0.625 ns; 4 bank groups x 4 banks, 65536 rows, 1024 columns x 8 devices x 8
 # bits = 8 KB page; BL8 = 4 tCK = 2.5 ns, 64 bytes per burst. IDD (VDD 1.2 V): IDD0 57, IDD2N 37, IDD3N 52,
 # IDD4R 168, IDD4W 150, IDD5AB 250 mA from the same file.
 # Default mapping puts the bank group right above the burst offset so a sequential stream alternates bank
 # groups (tCCD_S) as DDR4 controllers do; keeping a stream in one bank group would be limited by tCCD_L.
 DDR4_3200 = _preset({
     "standard": "DDR4-3200AA",
-    "channels": 1, "banks_per_channel": 16, "bank_groups": 4, "rows_per_bank": 65536, "row_bytes": 8192,
+    "channels": 1, "ranks": 1, "banks_per_channel": 16, "bank_groups": 4, "rows_per_bank": 65536, "row_bytes": 8192,
     "bus_bytes": 8, "burst_length": 8, "data_rate_mtps": 3200.0,
     "cl_ns": 13.75, "cwl_ns": 10.0, "trcd_ns": 13.75, "trp_ns": 13.75, "tras_ns": 32.5, "twr_ns": 15.0,
     "trtp_ns": 7.5, "twtr_s_ns": 2.5, "twtr_l_ns": 7.5, "tccd_s_ns": 2.5, "tccd_l_ns": 5.0,
     "trrd_s_ns": 2.5, "trrd_l_ns": 5.0, "tfaw_ns": 21.25, "trfc_ns": 350.0, "trefi_ns": 7800.0,
-    "address_mapping": "row:bank:column:bankgroup:channel",
+    "trtrs_ns": 0.625,
+    "address_mapping": "row:rank:bank:column:bankgroup:channel",
     # terminated POD12 I/O on a DIMM, ~3 pJ/bit: assumed
     "io_pj_per_byte": 24.0,
 }, vdd=1.2, devices=8, idd0=57.0, idd2n=37.0, idd3n=52.0, idd4r=168.0, idd4w=150.0, idd5ab=250.0)
@@ -87,17 +89,21 @@ DDR4_3200 = _preset({
 # --- HBM2, one stack of 8 legacy 128-bit channels at 2.0 Gb/s per pin ---------------------------------------
 # DRAMsim3 configs/HBM2_8Gb_x128.ini (JESD235): tCK 1 ns, CL = tRCD = tRP = 14 ns, CWL 4 ns, tRAS 34 ns, tWR
 # 16 ns, tRTP_S 4 ns, tWTR_S/L 6/8 ns, tCCD_S/L 1/2 tCK (the 2 ns burst dominates both), tRRD_S/L 4/6 ns, tFAW
-# 30 ns, tRFC 260 ns, tREFI 3.9 us; 4 bank groups x 4 banks, 32768 rows, 64 columns x 128 bits = 1 KB page;
-# BL4 on 128 DQ = 64 bytes per burst in 2 ns (32 GB/s per channel, 256 GB/s per stack). IDD (VDD 1.2 V, per
+# 30 ns, tRFC 260 ns, tREFI 3.9 us; 4 bank groups x 4 banks, 32768 rows. Page: 2 KB per 128-bit legacy channel
+# (JESD235A: 1 KB per pseudo channel, 2 KB in legacy mode; DRAMsim3 src/configuration.cc doubles the ini's 64
+# columns x 128 bits for HBM's 2n prefetch, i.e. 128 x 16 bytes = 2 KB).
+# BL4 on 128 DQ = 64 bytes per burst in 2 ns (32 GB/s per channel, 256 GB/s per stack). tRTRS: no ranks
+# (1 tCK stated for completeness). IDD (VDD 1.2 V, per
 # channel): IDD0 65, IDD2N 40, IDD3N 55, IDD4R 390, IDD4W 500, IDD5AB 250 mA from the same file.
 HBM2 = _preset({
     "standard": "HBM2",
-    "channels": 8, "banks_per_channel": 16, "bank_groups": 4, "rows_per_bank": 32768, "row_bytes": 1024,
+    "channels": 8, "ranks": 1, "banks_per_channel": 16, "bank_groups": 4, "rows_per_bank": 32768, "row_bytes": 2048,
     "bus_bytes": 16, "burst_length": 4, "data_rate_mtps": 2000.0,
     "cl_ns": 14.0, "cwl_ns": 4.0, "trcd_ns": 14.0, "trp_ns": 14.0, "tras_ns": 34.0, "twr_ns": 16.0,
     "trtp_ns": 4.0, "twtr_s_ns": 6.0, "twtr_l_ns": 8.0, "tccd_s_ns": 1.0, "tccd_l_ns": 2.0,
     "trrd_s_ns": 4.0, "trrd_l_ns": 6.0, "tfaw_ns": 30.0, "trfc_ns": 260.0, "trefi_ns": 3900.0,
-    # DRAMsim3's HBM2 mapping "rorabgbachco": a 1 KB page per channel, channels interleaved at 1 KB
+    "trtrs_ns": 1.0,
+    # DRAMsim3's HBM2 mapping "rorabgbachco": a 2 KB page per channel, channels interleaved at 2 KB
     "address_mapping": "row:bankgroup:bank:channel:column",
     # short interposer wires, ~0.5 pJ/bit: assumed
     "io_pj_per_byte": 4.0,
@@ -119,7 +125,7 @@ def peak_bandwidth_gb_per_s(p: Mapping[str, Any]) -> float:
 
 
 # --- a config resolved against its preset ------------------------------------------------------------------
-FIELDS = ("row", "bank", "bankgroup", "channel", "column")
+FIELDS = ("row", "rank", "bank", "bankgroup", "channel", "column")
 
 
 @dataclass(frozen=True)
@@ -127,6 +133,7 @@ class DramSpec:
     """A DRAM config with the preset filled in and the derived quantities every schedule needs."""
     standard: str
     channels: int
+    ranks: int
     banks_per_channel: int
     bank_groups: int
     rows_per_bank: int
@@ -150,6 +157,7 @@ class DramSpec:
     tfaw_ns: float
     trfc_ns: float
     trefi_ns: float
+    trtrs_ns: float
     address_mapping: str
     activate_pj: float
     read_burst_pj: float
@@ -206,7 +214,7 @@ def resolve_spec(cfg: Any) -> DramSpec:
 
 def address_fields(spec: DramSpec) -> list[tuple[str, int]]:
     """(field, bits) from LSB to MSB above the burst offset."""
-    bits = {"channel": _pow2(spec.channels, "channels"), "bankgroup": _pow2(spec.bank_groups, "bank_groups"),
+    bits = {"channel": _pow2(spec.channels, "channels"), "rank": _pow2(spec.ranks, "ranks"), "bankgroup": _pow2(spec.bank_groups, "bank_groups"),
             "bank": _pow2(spec.banks_per_channel // spec.bank_groups, "banks_per_channel"),
             "column": _pow2(spec.row_bytes // spec.burst_bytes, "row_bytes"),
             "row": _pow2(spec.rows_per_bank, "rows_per_bank")}
