@@ -27,7 +27,7 @@ STEPS = 24
 
 def _layer_stats(q_l, k_l, v_l, *, spec, scale, valid, seed, layer, query_offset):
     """Closures measuring kept fraction, mass kept and output error of one layer at a given margin."""
-    from soc.attention.approx import approx_scores
+    from soc.attention.approx import approx_scores, head_cores
     from soc.attention.exact import kv_for_heads, scores, softmax_masked, weighted_sum
     from soc.attention.functional import _head_rngs
     from soc.attention.pruning import prune_mask
@@ -38,7 +38,8 @@ def _layer_stats(q_l, k_l, v_l, *, spec, scale, valid, seed, layer, query_offset
     logits = scores(q_l, k_h, scale)
     probs = softmax_masked(logits, valid)
     out_ref = weighted_sum(probs, v_h)
-    approx = approx_scores(q_l, k_h, spec.quant, scale, head_rngs=_head_rngs(seed, 0, layer, 0, heads)).scores
+    approx = approx_scores(q_l, k_h, spec.quant, scale, head_rngs=_head_rngs(seed, 0, layer, 0, heads),
+                           cores=head_cores(layer, heads, 0, heads, spec.quant.cores)).scores
     n_valid = float(np.broadcast_to(valid, logits.shape).sum())
 
     def measure(margin: float) -> dict[str, float]:

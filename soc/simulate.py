@@ -52,8 +52,12 @@ def _layer_rule(p: PruningConfig | LayerPruning, base: LayerRule | None) -> Laye
 
 def pruning_spec(cfg: SocConfig) -> PruningSpec:
     """The functional layer's view of the config: the CIM's quantization and each layer's rule."""
-    quant = CimQuantSpec(query_bits=cfg.cim.query_bits, key_bits=cfg.cim.key_bits, full_bits=cfg.cim.full_bits,
-                         noise_sigma_lsb=cfg.cim.noise_sigma_lsb)
+    c = cfg.cim
+    quant = CimQuantSpec(query_bits=c.query_bits, key_bits=c.key_bits, full_bits=c.full_bits,
+                         noise_sigma_lsb=c.noise_sigma_lsb, rounding=c.rounding,
+                         noise_fraction_fs=c.noise_fraction_fs, gain_sigma_fraction=c.gain_sigma_fraction,
+                         offset_fraction_fs=c.offset_fraction_fs, chip_seed=c.chip_seed,
+                         array_rows=c.array_rows, array_cols=c.array_cols, cores=c.count)
     if not cfg.cim.enabled:
         return PruningSpec(default=LayerRule(rule="none"), quant=quant)
     default = _layer_rule(cfg.pruning, None)
