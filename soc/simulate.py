@@ -65,6 +65,18 @@ def pruning_spec(cfg: SocConfig) -> PruningSpec:
     return PruningSpec(default=default, per_layer=per_layer, quant=quant)
 
 
+def calibration_trace_path(name_or_path: str):
+    """A path as given, or a bare name (``smollm2-135m-river``) looked up in the bundled traces/ folder."""
+    from pathlib import Path
+
+    from soc.config.loader import package_root
+
+    path = Path(name_or_path)
+    if path.exists() or path.suffix == ".npz" or "/" in str(name_or_path):
+        return path
+    return package_root() / "traces" / f"{name_or_path}.npz"
+
+
 def dense_config(cfg: SocConfig) -> SocConfig:
     """The same SoC without analog pruning: the counterfactual for traffic savings."""
     return dataclasses.replace(cfg, cim=dataclasses.replace(cfg.cim, enabled=False))
@@ -103,7 +115,7 @@ def simulate(cfg: SocConfig, trace, *, recorder: Recorder = OFF, seed: int | Non
     system = System(cfg, shape, recorder)  # elaborate first: a wiring error costs no functional work
     if calibration is None and cfg.pruning.calibration_trace:
         from soc.trace import load_trace
-        cal = load_trace(cfg.pruning.calibration_trace)
+        cal = load_trace(calibration_trace_path(cfg.pruning.calibration_trace))
         calibration = (cal.q, cal.k)
     spec = pruning_spec(cfg)
     seed = cfg.seed
