@@ -19,7 +19,8 @@ from soc.attention.approx import approx_scores, head_cores
 from soc.attention.exact import kv_for_heads, scores, softmax_masked, valid_mask, weighted_sum
 from soc.attention.metrics import AccuracyTally
 from soc.attention.plan import COUNT_KEYS, chunk_counts
-from soc.attention.pruning import calibrate_thresholds, fixed_thresholds, prune_mask, quantile_threshold
+from soc.attention.pruning import (calibrate_thresholds, fixed_thresholds, forced_keys, prune_mask,
+                                  quantile_threshold)
 from soc.attention.spec import LayerRule, PruningSpec
 from soc.errors import ConfigError, TraceError
 
@@ -104,7 +105,7 @@ def _calibrate(rule: LayerRule, q_l: np.ndarray, k_l: np.ndarray, valid: np.ndar
                                head_rngs=_head_rngs(seed, stream, layer, h0, h1),
                                cores=head_cores(layer, heads, h0, h1, pruning.quant.cores)).scores
         if rule.granularity == "head" or len(slices) == 1:
-            thr[h0:h1] = calibrate_thresholds(approx, valid, frac, rule.granularity)
+            thr[h0:h1] = calibrate_thresholds(approx, valid, frac, rule.granularity, forced_keys(valid, rule))
         else:
             samples.append(approx[:, valid].ravel()[::stride])
     if samples:
@@ -238,7 +239,8 @@ def run_functional(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, scale: float,
                                                                           pruning.quant.cores))
                 if inline:
                     frac = float(rule.target_kept_fraction)
-                    thresholds[h0:h1] = calibrate_thresholds(approx, valid, frac, rule.granularity)
+                    thresholds[h0:h1] = calibrate_thresholds(approx, valid, frac, rule.granularity,
+                                                             forced_keys(valid, rule, query_offset))
                 keep = prune_mask(approx, valid, rule, None if thresholds is None else thresholds[h0:h1],
                                   query_offset=query_offset)
                 del approx
