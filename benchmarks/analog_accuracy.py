@@ -1,0 +1,231 @@
+"""Accuracy a user can trust under the analog core's non-idealities (README "Analog non-idealities").
+
+Every number is held out: the threshold rule takes its per-head references from another text of the same model
+(``pruning.calibration_trace``), and the margin rule's per-layer margins are calibrated (``soc calibrate``,
+target kept fraction 0.25) on that other text too, then applied unchanged. Each point is a Monte Carlo over chip
+instances (``soc.montecarlo``: chip seed and noise seed per instance) with the paper's default fixed pattern
+(per-column gain error and comparator offset); only the thermal noise is swept.
+
+    python benchmarks/analog_accuracy.py run minilm-l6       # writes benchmarks/results/analog_minilm-l6.json
+    python benchmarks/analog_accuracy.py run smollm2-135m    # (slow: ~40 real-model re-runs)
+    python benchmarks/analog_accuracy.py plot                # figures in docs/img/, tables in results/*.md
+
+The real-model re-runs are costly, so SmolLM2 gets fewer noise points and chips than MiniLM (see SETTINGS).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import soc
+from soc.calibrate import calibrate_margins, with_rows
+from soc.montecarlo import monte_carlo
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+IMG = ROOT / "docs" / "img"
+#: model -> (evaluated trace, held-out calibration trace, noise points in % of full scale, chips per point)
+SETTINGS = {"minilm-l6": ("minilm-l6-lighthouse", "minilm-l6-orchard", (0.0, 0.25, 0.5, 1.0, 2.0, 4.0), 8),
+            "smollm2-135m": ("smollm2-135m-bread", "smollm2-135m-river", (0.0, 0.25, 1.0, 2.0), 3)}
+BITS = (2, 3, 4, 5, 6, 8)
+ROUNDINGS = ("floor", "round", "center")
+METRIC = {"minilm-l6": "embedding_cosine", "smollm2-135m": "perplexity_change"}
+
+
+def _trace(name: str):
+    return soc.load_trace(ROOT / "traces" / f"{name}.npz")
+
+
+def _cim(cfg, **fields):
+    return dataclasses.replace(cfg, cim=dataclasses.replace(cfg.cim, **fields))
+
+
+def rule_configs(base, held_out: str) -> dict:
+    """The two rules, each calibrated on the held-out text only."""
+    threshold = dataclasses.replace(base, pruning=dataclasses.replace(base.pruning, calibration_trace=held_out))
+    rows = calibrate_margins(base, _trace(held_out), target_kept=base.pruning.target_kept_fraction)
+    return {"threshold": threshold, "margin": with_rows(base, rows)}
+
+
+def _point(cfg, trace, chips: int) -> dict:
+    out = monte_carlo(cfg, trace, chips=chips)
+    return {"bands": out["bands"], "per_chip": out["per_chip"]}
+
+
+def common_mode(cfg, trace) -> dict:
+    """Per-token vs token-mean error of the attention outputs (all layers, heads): the share of the pruning error
+    that is the same for every token, i.e. what a mean-pooled sentence embedding keeps."""
+    from soc.attention.exact import kv_for_heads, scores, softmax_masked, valid_mask, weighted_sum
+    from soc.attention.functional import run_functional
+    from soc.simulate import calibration_trace_path, pruning_spec
+
+    m = trace.meta
+    cal = soc.load_trace(calibration_trace_path(cfg.pruning.calibration_trace)) \
+        if cfg.pruning.calibration_trace else None
+    f = run_functional(trace.q, trace.k, trace.v, scale=m.scale, causal=m.causal, query_offset=m.query_offset,
+                       pruning=pruning_spec(cfg), q_tile=32, k_tile=128, seed=cfg.seed, keep_output=True,
+                       calibration=None if cal is None else (cal.q, cal.k))
+    valid = valid_mask(trace.q.shape[2], m.seq_len, m.causal, m.query_offset)
+    exact = []
+    for layer in range(m.layers):
+        q, k, v = (np.asarray(a[layer], np.float32) for a in (trace.q, trace.k, trace.v))
+        k, v = kv_for_heads(k, 0, m.heads, m.heads), kv_for_heads(v, 0, m.heads, m.heads)
+        exact.append(weighted_sum(softmax_masked(scores(q, k, m.scale), valid), v))
+    exact = np.stack(exact)
+    err = f.output - exact
+    return {"per_token_rel_err": float(np.linalg.norm(err) / np.linalg.norm(exact)),
+            "token_mean_rel_err": float(np.linalg.norm(err.mean(2)) / np.linalg.norm(exact.mean(2))),
+            "common_mode_share": float((err.mean(2) ** 2).sum() * err.shape[2] / (err ** 2).sum()),
+            "empty_rows": f.accuracy["empty_rows"], "mass_kept": f.accuracy["mass_kept"]}
+
+
+def run(model: str) -> dict:
+    evaluated, held_out, noise_points, chips = SETTINGS[model]
+    base = soc.load_config(ROOT / "configs" / "hybrid65nm.yaml")
+    trace = _trace(evaluated)
+    rules = rule_configs(base, held_out)
+    t0 = time.perf_counter()
+    out: dict = {"model": model, "trace": evaluated, "calibration_trace": held_out, "chips": chips,
+                 "default_noise_fraction_fs": base.cim.noise_fraction_fs, "noise": {}, "bits": {}, "rounding": {},
+                 "common_mode": {}, "margins": [r.margin for r in rules["margin"].pruning.per_layer.values()]}
+    for rule, cfg in rules.items():
+        out["noise"][rule] = {}
+        for pct in noise_points:
+            noisy = _cim(cfg, noise_fraction_fs=pct / 100)
+            out["noise"][rule][str(pct)] = _point(noisy, trace, chips)
+            if model == "minilm-l6":
+                out["common_mode"].setdefault(rule, {})[str(pct)] = common_mode(noisy, trace)
+            print(f"{model} noise {rule} {pct}% FS done at {time.perf_counter() - t0:.0f} s", flush=True)
+        out["bits"][rule] = {str(b): _point(_cim(cfg, query_bits=b, key_bits=b), trace, 1) for b in BITS}
+        print(f"{model} bits {rule} done at {time.perf_counter() - t0:.0f} s", flush=True)
+        out["rounding"][rule] = {mode: _point(_cim(cfg, rounding=mode), trace, 1) for mode in ROUNDINGS}
+        print(f"{model} rounding {rule} done at {time.perf_counter() - t0:.0f} s", flush=True)
+    out["wall_s_loaded_machine"] = time.perf_counter() - t0
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- plots
+def _load() -> dict:
+    return {m: json.loads((RESULTS / f"analog_{m}.json").read_text()) for m in SETTINGS
+            if (RESULTS / f"analog_{m}.json").exists()}
+
+
+def _label(model: str) -> str:
+    return "embedding cosine (pruned vs dense)" if METRIC[model] == "embedding_cosine" else \
+        "perplexity change (pruned vs dense)"
+
+
+def plot(data: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    IMG.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, len(data), figsize=(5.2 * len(data), 3.8), squeeze=False)
+    for ax, (model, d) in zip(axes[0], data.items()):
+        for rule, color in (("threshold", "tab:blue"), ("margin", "tab:orange")):
+            pts = d["noise"][rule]
+            x = [float(p) for p in pts]
+            b = [pts[p]["bands"][METRIC[model]] for p in pts]
+            ax.plot(x, [v["mean"] for v in b], "o-", color=color, label=f"{rule} (mean)")
+            ax.fill_between(x, [v["p5"] for v in b], [v["p95"] for v in b], color=color, alpha=0.25,
+                            label=f"{rule} p5-p95")
+        ax.axvline(100 * d["default_noise_fraction_fs"], color="grey", ls=":", label="default noise")
+        ax.set_xscale("symlog", linthresh=0.25)
+        ax.set_xlabel("thermal noise sigma, % of full scale")
+        ax.set_ylabel(_label(model))
+        ax.set_title(f"{model}: {d['chips']} chips per point, held-out calibration", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(IMG / "analog_noise.png", dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(2, len(data), figsize=(5.2 * len(data), 6.0), squeeze=False, sharex=True)
+    for col, (model, d) in enumerate(data.items()):
+        for rule, color in (("threshold", "tab:blue"), ("margin", "tab:orange")):
+            pts = d["bits"][rule]
+            x = [int(b) for b in pts]
+            axes[0][col].plot(x, [pts[b]["bands"]["kept_fraction"]["mean"] for b in pts], "o-", color=color,
+                              label=rule)
+            axes[1][col].plot(x, [pts[b]["bands"][METRIC[model]]["mean"] for b in pts], "o-", color=color,
+                              label=rule)
+        axes[0][col].set_ylabel("kept fraction")
+        axes[0][col].set_title(f"{model}: query = key MSB bits (chip 0)", fontsize=9)
+        axes[1][col].set_ylabel(_label(model))
+        axes[1][col].set_xlabel("MSB bits (query_bits = key_bits)")
+        for ax in axes[:, col]:
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(IMG / "analog_bits.png", dpi=110)
+    plt.close(fig)
+
+
+def _fmt(model: str, band: dict) -> str:
+    v = band[METRIC[model]]
+    if METRIC[model] == "perplexity_change":
+        return f"{v['mean']:+.1%} [{v['p5']:+.1%}, {v['p95']:+.1%}]"
+    return f"{v['mean']:.4f} [{v['p5']:.4f}, {v['p95']:.4f}]"
+
+
+def tables(data: dict) -> str:
+    lines = ["| model | rule | noise (% FS) | kept fraction | output rel. error | empty rows | task metric mean "
+             "[p5, p95] |", "|---|---|---:|---:|---:|---:|---|"]
+    for model, d in data.items():
+        for rule, pts in d["noise"].items():
+            for pct, p in pts.items():
+                b = p["bands"]
+                lines.append(f"| {model} | {rule} | {pct} | {b['kept_fraction']['mean']:.3f} | "
+                             f"{b['output_rel_err']['mean']:.3f} | {b['empty_rows']['mean']:.1f} | "
+                             f"{_fmt(model, b)} |")
+    lines += ["", "| model | rule | MSB bits | kept fraction | top-1 agreement | task metric |",
+              "|---|---|---:|---:|---:|---|"]
+    for model, d in data.items():
+        for rule, pts in d["bits"].items():
+            for bits, p in pts.items():
+                b = p["bands"]
+                lines.append(f"| {model} | {rule} | {bits} | {b['kept_fraction']['mean']:.3f} | "
+                             f"{b['top1_agreement']['mean']:.4f} | {_fmt(model, b).split(' [')[0]} |")
+    lines += ["", "| model | rule | rounding | kept fraction | mass kept | top-1 agreement | task metric |",
+              "|---|---|---|---:|---:|---:|---|"]
+    for model, d in data.items():
+        for rule, pts in d["rounding"].items():
+            for mode, p in pts.items():
+                b = p["bands"]
+                lines.append(f"| {model} | {rule} | {mode} | {b['kept_fraction']['mean']:.3f} | "
+                             f"{b['mass_kept']['mean']:.3f} | {b['top1_agreement']['mean']:.4f} | "
+                             f"{_fmt(model, b).split(' [')[0]} |")
+    cm = data.get("minilm-l6", {}).get("common_mode", {})
+    if cm:
+        lines += ["", "| minilm-l6 rule | noise (% FS) | per-token rel. error | token-mean rel. error | "
+                      "common-mode share of the error | mass kept | embedding cosine |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for rule, pts in cm.items():
+            for pct, c in pts.items():
+                cos = data["minilm-l6"]["noise"][rule][pct]["bands"]["embedding_cosine"]["mean"]
+                lines.append(f"| {rule} | {pct} | {c['per_token_rel_err']:.3f} | {c['token_mean_rel_err']:.3f} | "
+                             f"{c['common_mode_share']:.3f} | {c['mass_kept']:.3f} | {cos:.4f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 3 and sys.argv[1] == "run":
+        result = run(sys.argv[2])
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / f"analog_{sys.argv[2]}.json").write_text(json.dumps(result, indent=1) + "\n")
+    elif len(sys.argv) >= 2 and sys.argv[1] == "plot":
+        data = _load()
+        plot(data)
+        text = tables(data)
+        (RESULTS / "analog_accuracy.md").write_text(text + "\n")
+        print(text)
+    else:
+        sys.exit(__doc__)
