@@ -9,6 +9,7 @@ instances (``soc.montecarlo``: chip seed and noise seed per instance) with the p
     python benchmarks/analog_accuracy.py run minilm-l6       # writes benchmarks/results/analog_minilm-l6.json
     python benchmarks/analog_accuracy.py run smollm2-135m    # (slow: ~40 real-model re-runs)
     python benchmarks/analog_accuracy.py plot                # figures in docs/img/, tables in results/*.md
+    python benchmarks/analog_accuracy.py explain             # why noise helps MiniLM under the threshold rule
 
 The real-model re-runs are costly, so SmolLM2 gets fewer noise points and chips than MiniLM (see SETTINGS).
 """
@@ -108,6 +109,59 @@ def run(model: str) -> dict:
         print(f"{model} rounding {rule} done at {time.perf_counter() - t0:.0f} s", flush=True)
     out["wall_s_loaded_machine"] = time.perf_counter() - t0
     return out
+
+
+# ------------------------------------------------------------------------------------- explain (MiniLM)
+def explain(noise_fraction_fs: float = 0.02) -> str:
+    """Noise helps MiniLM under the threshold rule: where, and why. (1) Per layer, the effective number of keys
+    per row (exp of the exact softmax entropy) and the per-token / token-mean error of the attention output
+    without and with noise. (2) The real model re-run with the noise in one layer only."""
+    from soc.attention.exact import kv_for_heads, scores, softmax_masked, valid_mask, weighted_sum
+    from soc.attention.functional import run_functional
+    from soc.model_accuracy import keep_fn_for
+    from soc.models import evaluate_pruning
+    from soc.simulate import pruning_spec
+
+    evaluated, held_out, _, _ = SETTINGS["minilm-l6"]
+    base = soc.load_config(ROOT / "configs" / "hybrid65nm.yaml", [f"pruning.calibration_trace={held_out}"])
+    trace, cal = _trace(evaluated), _trace(held_out)
+    m = trace.meta
+    valid = valid_mask(trace.q.shape[2], m.seq_len, m.causal, m.query_offset)
+    exact, keys = [], []
+    for layer in range(m.layers):
+        q, k, v = (np.asarray(a[layer], np.float32) for a in (trace.q, trace.k, trace.v))
+        k, v = kv_for_heads(k, 0, m.heads, m.heads), kv_for_heads(v, 0, m.heads, m.heads)
+        p = softmax_masked(scores(q, k, m.scale), valid)
+        exact.append(weighted_sum(p, v))
+        keys.append(float(np.exp(-(p * np.log(np.maximum(p, 1e-30))).sum(-1)).mean()))
+    exact = np.stack(exact)
+    errs, fns = {}, {}
+    for name, nf in (("quiet", 0.0), ("noisy", noise_fraction_fs)):
+        cfg = _cim(base, noise_fraction_fs=nf)
+        spec = pruning_spec(cfg)
+        f = run_functional(trace.q, trace.k, trace.v, scale=m.scale, causal=m.causal, query_offset=m.query_offset,
+                           pruning=spec, q_tile=32, k_tile=128, seed=0, keep_output=True,
+                           calibration=(cal.q, cal.k))
+        err = f.output - exact
+        errs[name] = [(np.linalg.norm(err[i]) / np.linalg.norm(exact[i]),
+                       np.linalg.norm(err[i].mean(1)) / np.linalg.norm(exact[i].mean(1))) for i in range(m.layers)]
+        fns[name] = keep_fn_for(spec, f, scale=m.scale, causal=m.causal, seed=0)
+
+    def cosine(noisy_layers: set) -> float:
+        def keep(layer, q, k):
+            return fns["noisy" if layer in noisy_layers else "quiet"](layer, q, k)
+        return evaluate_pruning(m.to_dict(), keep)["embedding_cosine"]
+
+    pct = f"{100 * noise_fraction_fs:g}% FS"
+    lines = [f"MiniLM ({evaluated}), threshold rule calibrated on {held_out}, chip 0; noise {pct} vs none.",
+             f"Embedding cosine: no noise {cosine(set()):.4f}, noise in every layer {cosine(set(range(m.layers))):.4f}.",
+             "", f"| layer | effective keys per row | per-token error, 0 -> {pct} | token-mean error, 0 -> {pct} "
+             "| cosine, noise in this layer only |", "|---:|---:|---|---|---:|"]
+    for i in range(m.layers):
+        (pq, mq), (pn, mn) = errs["quiet"][i], errs["noisy"][i]
+        lines.append(f"| {i} | {keys[i]:.0f} of {m.seq_len} | {pq:.3f} -> {pn:.3f} | {mq:.3f} -> {mn:.3f} | "
+                     f"{cosine({i}):.4f} |")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------------- plots
@@ -226,6 +280,10 @@ if __name__ == "__main__":
         plot(data)
         text = tables(data)
         (RESULTS / "analog_accuracy.md").write_text(text + "\n")
+        print(text)
+    elif len(sys.argv) >= 2 and sys.argv[1] == "explain":
+        text = explain()
+        (RESULTS / "analog_explain.md").write_text(text + "\n")
         print(text)
     else:
         sys.exit(__doc__)
