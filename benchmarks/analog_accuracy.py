@@ -192,7 +192,6 @@ def plot(data: dict) -> None:
             ax.fill_between(x, [v["p5"] for v in b], [v["p95"] for v in b], color=color, alpha=0.25,
                             label=f"{rule} p5-p95")
         ax.axvline(100 * d["default_noise_fraction_fs"], color="grey", ls=":", label="default noise")
-        ax.set_xscale("symlog", linthresh=0.25)
         ax.set_xlabel("thermal noise sigma, % of full scale")
         ax.set_ylabel(_label(model))
         ax.set_title(f"{model}: {d['chips']} chips per point, held-out calibration", fontsize=9)
@@ -211,8 +210,13 @@ def plot(data: dict) -> None:
                               label=rule)
             axes[1][col].plot(x, [pts[b]["bands"][METRIC[model]]["mean"] for b in pts], "o-", color=color,
                               label=rule)
+            # the default design point (4 bits, default noise) has a Monte Carlo band: the chip-to-chip spread
+            mc = d["noise"][rule][str(100 * d["default_noise_fraction_fs"])]["bands"][METRIC[model]]
+            axes[1][col].errorbar([4.15 if rule == "margin" else 3.85], [mc["mean"]],
+                                  yerr=[[mc["mean"] - mc["p5"]], [mc["p95"] - mc["mean"]]], color=color, capsize=4,
+                                  fmt="none", label=f"{rule}: p5-p95 over {d['chips']} chips at 4 bits")
         axes[0][col].set_ylabel("kept fraction")
-        axes[0][col].set_title(f"{model}: query = key MSB bits (chip 0)", fontsize=9)
+        axes[0][col].set_title(f"{model}: MSB bits, chip 0 (analog errors in % of full scale)", fontsize=9)
         axes[1][col].set_ylabel(_label(model))
         axes[1][col].set_xlabel("MSB bits (query_bits = key_bits)")
         for ax in axes[:, col]:
