@@ -130,3 +130,18 @@ def test_bad_analog_fields_name_the_field():
         CimQuantSpec(noise_fraction_fs=-0.1)
     with pytest.raises(SpecError, match="chip_seed"):
         CimQuantSpec(chip_seed=-1)
+
+
+def test_config_reaches_the_functional_model_and_defaults_carry_a_citation():
+    from soc.config import load_config
+    from soc.simulate import pruning_spec
+
+    cfg = load_config("configs/hybrid65nm.yaml", ["cim.noise_fraction_fs=0.01", "cim.chip_seed=3",
+                                                  "cim.rounding=floor"])
+    quant = pruning_spec(cfg).quant
+    assert (quant.noise_fraction_fs, quant.chip_seed, quant.rounding) == (0.01, 3, "floor")
+    assert (quant.gain_sigma_fraction, quant.offset_fraction_fs) == (cfg.cim.gain_sigma_fraction,
+                                                                    cfg.cim.offset_fraction_fs)
+    for key in ("noise_fraction_fs", "gain_sigma_fraction", "offset_fraction_fs"):
+        text = cfg.provenance[f"cim.{key}"]
+        assert text.startswith(("published:", "derived:")) and "JSSC" in text, key
