@@ -64,11 +64,9 @@ def calibrate_thresholds(approx: np.ndarray, valid: np.ndarray, target_kept_frac
     if forced is not None and forced.any():
         free = valid & ~forced
         n_valid, n_free = int(np.count_nonzero(valid)), int(np.count_nonzero(free))
-        if n_free == 0:
-            return np.full(heads, np.inf)
-        share = (target_kept_fraction * n_valid - (n_valid - n_free)) / n_free
-        if share <= 0:
-            return np.full(heads, np.inf)  # the forced pairs alone reach the target
+        share = (target_kept_fraction * n_valid - (n_valid - n_free)) / n_free if n_free else 0.0
+        if share <= 0:  # the forced pairs alone reach the target: a finite reference above every score
+            return approx.reshape(heads, -1).max(axis=1).astype(np.float64) + 1.0
         return calibrate_thresholds(approx, free, min(share, 1.0), granularity)
     if valid.ndim == 2:
         vals = approx[:, valid]  # (H, n valid) in one gather: validity is shared by the heads
