@@ -10,6 +10,7 @@ instances (``soc.montecarlo``: chip seed and noise seed per instance) with the p
     python benchmarks/analog_accuracy.py run smollm2-135m    # (slow: ~40 real-model re-runs)
     python benchmarks/analog_accuracy.py plot                # figures in docs/img/, tables in results/*.md
     python benchmarks/analog_accuracy.py explain             # why noise helps MiniLM under the threshold rule
+    python benchmarks/analog_accuracy.py rounding            # floor/round/center at a fixed margin (no model)
 
 The real-model re-runs are costly, so SmolLM2 gets fewer noise points and chips than MiniLM (see SETTINGS).
 """
@@ -164,6 +165,51 @@ def explain(noise_fraction_fs: float = 0.02) -> str:
     return "\n".join(lines)
 
 
+def rounding_at_fixed_margin(margin: float = 6.0) -> str:
+    """The three rounding modes under one fixed margin rule (functional pass only): how many keys the same margin
+    keeps and how often the true top-1 key survives, with no analog error and with the default ones."""
+    lines = [f"Margin {margin:g} in every layer, 4-bit MSBs, chip 0 (functional pass, no model re-run).", "",
+             "| trace | analog errors | rounding | kept fraction | top-1 agreement | softmax mass kept |",
+             "|---|---|---|---:|---:|---:|"]
+    base = soc.load_config(ROOT / "configs" / "hybrid65nm.yaml", ["pruning.rule=margin", f"pruning.margin={margin}",
+                                                                  "pruning.keep_sink_tokens=0",
+                                                                  "pruning.keep_recent_tokens=0"])
+    ideal = _cim(base, noise_fraction_fs=0.0, gain_sigma_fraction=0.0, offset_fraction_fs=0.0)
+    for name in ("minilm-l6-lighthouse", "smollm2-135m-bread"):
+        trace = _trace(name)
+        for label, cfg in (("none", ideal), ("default", base)):
+            for mode in ROUNDINGS:
+                r = soc.simulate(_cim(cfg, rounding=mode), trace, model_accuracy=False).report
+                lines.append(f"| {name} | {label} | {mode} | {r['pruning']['kept_fraction']:.3f} | "
+                             f"{r['accuracy']['top1_agreement']:.4f} | {r['accuracy']['mass_kept']:.4f} |")
+    return "\n".join(lines) + "\n\n" + signal_range()
+
+
+def signal_range() -> str:
+    """How much of the array's full scale the real dot products use, and what 0.25% FS is in logits."""
+    from soc.attention.approx import approx_scores, full_scale_lsb
+    from soc.attention.spec import CimQuantSpec
+
+    quant = CimQuantSpec()
+    lines = ["| trace | full scale (LSB) | dot product std (LSB, % FS) | row max - row median (LSB) | one LSB "
+             "(logits) | 0.25% FS (logits) |", "|---|---:|---:|---:|---:|---:|"]
+    for name in ("minilm-l6-lighthouse", "smollm2-135m-bread"):
+        trace = _trace(name)
+        m = trace.meta
+        fs = full_scale_lsb(quant, m.head_dim)
+        std, spread, lsb = [], [], []
+        for layer in range(m.layers):
+            a = approx_scores(np.asarray(trace.q[layer], np.float32), np.asarray(trace.k[layer], np.float32),
+                              quant, m.scale)
+            units = a.scores / a.score_lsb[:, None, None]
+            std.append(units.std())
+            spread.append((units.max(-1) - np.median(units, -1)).mean())
+            lsb.append(a.score_lsb.mean())
+        lines.append(f"| {name} | {fs:.0f} | {np.mean(std):.1f} ({np.mean(std) / fs:.2%}) | {np.mean(spread):.0f} | "
+                     f"{np.mean(lsb):.3f} | {0.0025 * fs * np.mean(lsb):.2f} |")
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------------------------------- plots
 def _load() -> dict:
     return {m: json.loads((RESULTS / f"analog_{m}.json").read_text()) for m in SETTINGS
@@ -284,6 +330,10 @@ if __name__ == "__main__":
         plot(data)
         text = tables(data)
         (RESULTS / "analog_accuracy.md").write_text(text + "\n")
+        print(text)
+    elif len(sys.argv) >= 2 and sys.argv[1] == "rounding":
+        text = rounding_at_fixed_margin()
+        (RESULTS / "analog_rounding.md").write_text(text + "\n")
         print(text)
     elif len(sys.argv) >= 2 and sys.argv[1] == "explain":
         text = explain()
