@@ -5,6 +5,11 @@ Layers differ: in MiniLM the middle layers prune 79-86% at a margin of 4 while t
 that meets an accuracy target (softmax mass kept, or output relative error) or the margin whose kept fraction
 is closest to a target, on the CIM's own approximate scores (same quantization and noise streams as a run).
 The result is a config that extends the base with ``pruning.per_layer`` overrides.
+
+``--rule threshold`` instead fixes the comparator references: the per-head thresholds that keep the target
+fraction of each layer on the calibration trace, written as ``threshold_per_head`` (what a chip would store).
+``--evaluate T2`` measures the calibrated config on another trace (held out: another text of the same model),
+where the kept fraction no longer equals the target; that is the honest figure.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ STEPS = 24
 
 def _layer_stats(q_l, k_l, v_l, *, spec, scale, valid, seed, layer, query_offset):
     """Closures measuring kept fraction, mass kept and output error of one layer at a given margin."""
-    from soc.attention.approx import approx_scores
+    from soc.attention.approx import approx_scores, head_cores
     from soc.attention.exact import kv_for_heads, scores, softmax_masked, weighted_sum
     from soc.attention.functional import _head_rngs
     from soc.attention.pruning import prune_mask
@@ -38,7 +43,8 @@ def _layer_stats(q_l, k_l, v_l, *, spec, scale, valid, seed, layer, query_offset
     logits = scores(q_l, k_h, scale)
     probs = softmax_masked(logits, valid)
     out_ref = weighted_sum(probs, v_h)
-    approx = approx_scores(q_l, k_h, spec.quant, scale, head_rngs=_head_rngs(seed, 0, layer, 0, heads)).scores
+    approx = approx_scores(q_l, k_h, spec.quant, scale, head_rngs=_head_rngs(seed, 0, layer, 0, heads),
+                           cores=head_cores(layer, heads, 0, heads, spec.quant.cores)).scores
     n_valid = float(np.broadcast_to(valid, logits.shape).sum())
 
     def measure(margin: float) -> dict[str, float]:
@@ -93,17 +99,72 @@ def calibrate_margins(cfg, trace, *, target_kept: float | None = None, target_ma
     return rows
 
 
-def calibrated_config_text(base: str, rows: list[dict], note: str, out: str | None = None) -> str:
+def calibrate_thresholds(cfg, trace, *, target_kept: float, seed: int | None = None) -> list[dict]:
+    """Per layer, the per-head comparator references that keep ``target_kept`` of the pairs on ``trace``
+    (the calibrated threshold rule, fixed so that it can be shipped and applied to other inputs)."""
+    from soc.simulate import simulate
+
+    if target_kept is None:
+        raise ConfigError("calibrate: --rule threshold needs --target-kept")
+    pruning = dataclasses.replace(cfg.pruning, rule="threshold", target_kept_fraction=target_kept,
+                                  threshold=None, threshold_per_head=None, per_layer={}, calibration_trace=None)
+    run = simulate(dataclasses.replace(cfg, pruning=pruning), trace, seed=seed, model_accuracy=False).report
+    return [{"layer": r["layer"], "thresholds": [round(t, 6) for t in r["thresholds"]],
+             **{k: r[k] for k in ("kept_fraction", "mass_kept", "output_rel_err")}}
+            for r in run["pruning"]["per_layer"]]
+
+
+def with_rows(cfg, rows: list[dict]):
+    """``cfg`` with the calibrated rows as per-layer overrides (margins, or fixed per-head thresholds)."""
+    from soc.config import LayerPruning
+
+    if rows and "thresholds" in rows[0]:
+        per_layer = {r["layer"]: LayerPruning(rule="threshold", threshold_per_head=tuple(r["thresholds"]))
+                     for r in rows}
+        rule = "threshold"
+    else:
+        per_layer = {r["layer"]: LayerPruning(rule="margin", margin=r["margin"]) for r in rows}
+        rule = "margin"
+    return dataclasses.replace(cfg, pruning=dataclasses.replace(cfg.pruning, rule=rule, per_layer=per_layer,
+                                                                calibration_trace=None))
+
+
+def evaluate_rows(cfg, rows: list[dict], trace, seed: int | None = None) -> list[dict]:
+    """The calibrated rows applied to another (held-out) trace: per-layer kept fraction, mass, error."""
+    from soc.simulate import simulate
+
+    run = simulate(with_rows(cfg, rows), trace, seed=seed, model_accuracy=False).report
+    return [{k: r[k] for k in ("layer", "kept_fraction", "mass_kept", "output_rel_err")}
+            for r in run["pruning"]["per_layer"]]
+
+
+def _row_text(r: dict) -> str:
+    what = f"margin {r['margin']:.3f}" if "margin" in r else f"{len(r['thresholds'])} thresholds"
+    return (f"#   layer {r['layer']}: {what}, kept {r['kept_fraction']:.3f}, mass {r['mass_kept']:.4f}, "
+            f"output err {r['output_rel_err']:.4f}")
+
+
+def calibrated_config_text(base: str, rows: list[dict], note: str, out: str | None = None,
+                           held_out: tuple[str, list[dict]] | None = None) -> str:
     """The calibrated config; ``extends`` is relative to where it will be written, so the pair can move."""
     from soc.config.loader import resolve_config_path
 
     base_path = resolve_config_path(base).resolve()
     parent = base_path if out is None else Path(os.path.relpath(base_path, Path(out).resolve().parent))
-    per_layer = {r["layer"]: {"rule": "margin", "margin": r["margin"]} for r in rows}
+    if rows and "thresholds" in rows[0]:
+        per_layer = {r["layer"]: {"rule": "threshold", "threshold_per_head": r["thresholds"]} for r in rows}
+        rule = "threshold"
+    else:
+        per_layer = {r["layer"]: {"rule": "margin", "margin": r["margin"]} for r in rows}
+        rule = "margin"
     body = {"extends": str(parent), "name": f"{base_path.stem}-calibrated",
-            "pruning": {"rule": "margin", "per_layer": per_layer}}
-    lines = [f"# {note}"] + [f"#   layer {r['layer']}: margin {r['margin']:.3f}, kept {r['kept_fraction']:.3f}, "
-                            f"mass {r['mass_kept']:.4f}, output err {r['output_rel_err']:.4f}" for r in rows]
+            "pruning": {"rule": rule, "per_layer": per_layer}}
+    lines = [f"# {note}"] + [_row_text(r) for r in rows]
+    if held_out is not None:
+        name, evaluated = held_out
+        lines.append(f"# held out, on {name}:")
+        lines += [f"#   layer {r['layer']}: kept {r['kept_fraction']:.3f}, mass {r['mass_kept']:.4f}, "
+                  f"output err {r['output_rel_err']:.4f}" for r in evaluated]
     return "\n".join(lines) + "\n" + yaml.safe_dump(body, sort_keys=False)
 
 
@@ -112,15 +173,27 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from soc.io import write_text
     from soc.trace import load_trace
 
+    from soc.simulate import calibration_trace_path
+
     cfg = load_config(args.config, args.set or [])
-    trace = load_trace(args.trace, mmap=True)
-    rows = calibrate_margins(cfg, trace, target_kept=args.target_kept, target_mass=args.target_mass,
-                             target_err=args.target_err, seed=args.seed)
+    trace = load_trace(calibration_trace_path(args.trace), mmap=True)
+    if args.rule == "threshold":
+        if args.target_kept is None:
+            raise ConfigError("calibrate: --rule threshold needs --target-kept (a kept fraction in (0, 1])")
+        rows = calibrate_thresholds(cfg, trace, target_kept=args.target_kept, seed=args.seed)
+    else:
+        rows = calibrate_margins(cfg, trace, target_kept=args.target_kept, target_mass=args.target_mass,
+                                 target_err=args.target_err, seed=args.seed)
+    held_out = None
+    if args.evaluate:
+        held_out = (args.evaluate, evaluate_rows(cfg, rows, load_trace(calibration_trace_path(args.evaluate),
+                                                                       mmap=True), seed=args.seed))
     target = (f"kept fraction {args.target_kept}" if args.target_kept is not None else
               f"softmax mass kept >= {args.target_mass}" if args.target_mass is not None else
               f"output relative error <= {args.target_err}")
-    note = f"per-layer margins calibrated on {args.trace} for {target}"
-    text = calibrated_config_text(args.config, rows, note, args.out)
+    what = "per-head thresholds" if args.rule == "threshold" else "margins"
+    note = f"per-layer {what} calibrated on {args.trace} for {target}"
+    text = calibrated_config_text(args.config, rows, note, args.out, held_out)
     print(text, end="")
     if args.out:
         write_text(args.out, text)
@@ -132,7 +205,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def _register(sub) -> None:
     p = sub.add_parser("calibrate", help="per-layer margins for a target kept fraction or accuracy")
     p.add_argument("--config", default="configs/hybrid65nm.yaml")
-    p.add_argument("--trace", required=True)
+    p.add_argument("--trace", required=True, help="calibration trace (path or bundled name)")
+    p.add_argument("--rule", choices=("margin", "threshold"), default="margin",
+                   help="margin: per-layer margins; threshold: fixed per-head comparator references")
+    p.add_argument("--evaluate", default=None, metavar="TRACE",
+                   help="also measure the calibrated config on this held-out trace (path or bundled name)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
     p.add_argument("--seed", type=int, default=None)
     group = p.add_mutually_exclusive_group(required=True)

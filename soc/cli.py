@@ -216,7 +216,7 @@ def extra_command(fn: Callable[[argparse._SubParsersAction], None]) -> Callable:
 def _load_extras() -> None:
     import importlib
 
-    for mod in ("soc.compare", "soc.sweep", "soc.paper", "soc.bench", "soc.calibrate"):
+    for mod in ("soc.compare", "soc.sweep", "soc.paper", "soc.bench", "soc.calibrate", "soc.montecarlo"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as exc:

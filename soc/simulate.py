@@ -82,13 +82,29 @@ def _layer_rule(p: PruningConfig | LayerPruning, base: LayerRule | None) -> Laye
 
 def pruning_spec(cfg: SocConfig) -> PruningSpec:
     """The functional layer's view of the config: the CIM's quantization and each layer's rule."""
-    quant = CimQuantSpec(query_bits=cfg.cim.query_bits, key_bits=cfg.cim.key_bits, full_bits=cfg.cim.full_bits,
-                         noise_sigma_lsb=cfg.cim.noise_sigma_lsb)
+    c = cfg.cim
+    quant = CimQuantSpec(query_bits=c.query_bits, key_bits=c.key_bits, full_bits=c.full_bits,
+                         noise_sigma_lsb=c.noise_sigma_lsb, rounding=c.rounding,
+                         noise_fraction_fs=c.noise_fraction_fs, gain_sigma_fraction=c.gain_sigma_fraction,
+                         offset_fraction_fs=c.offset_fraction_fs, chip_seed=c.chip_seed,
+                         array_rows=c.array_rows, array_cols=c.array_cols, cores=c.count)
     if not cfg.cim.enabled:
         return PruningSpec(default=LayerRule(rule="none"), quant=quant)
     default = _layer_rule(cfg.pruning, None)
     per_layer = tuple((layer, _layer_rule(over, default)) for layer, over in sorted(cfg.pruning.per_layer.items()))
     return PruningSpec(default=default, per_layer=per_layer, quant=quant)
+
+
+def calibration_trace_path(name_or_path: str):
+    """A path as given, or a bare name (``smollm2-135m-river``) looked up in the bundled traces/ folder."""
+    from pathlib import Path
+
+    from soc.config.loader import package_root
+
+    path = Path(name_or_path)
+    if path.exists() or path.suffix == ".npz" or "/" in str(name_or_path):
+        return path
+    return package_root() / "traces" / f"{name_or_path}.npz"
 
 
 def dense_config(cfg: SocConfig) -> SocConfig:
@@ -132,7 +148,7 @@ def simulate(cfg: SocConfig, trace, *, recorder: Recorder = OFF, seed: int | Non
     system = System(cfg, shape, recorder)  # elaborate first: a wiring error costs no functional work
     if calibration is None and cfg.pruning.calibration_trace:
         from soc.trace import load_trace
-        cal = load_trace(cfg.pruning.calibration_trace)
+        cal = load_trace(calibration_trace_path(cfg.pruning.calibration_trace))
         calibration = (cal.q, cal.k)
     spec = pruning_spec(cfg)
     seed = cfg.seed

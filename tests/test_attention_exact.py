@@ -139,7 +139,7 @@ def test_approx_scores_equal_float64_dot_of_quantized_ints(rng):
     heads, kv_heads, seq_q, seq_k, dim, scale = 4, 2, 5, 7, 16, 0.25
     q = rng.standard_normal((heads, seq_q, dim)).astype(np.float32)
     k = rng.standard_normal((kv_heads, seq_k, dim)).astype(np.float32) * 3.0
-    quant = CimQuantSpec(query_bits=4, key_bits=3, full_bits=8)
+    quant = CimQuantSpec(query_bits=4, key_bits=3, full_bits=8, rounding="floor")
     approx, score_lsb = approx_scores(q, k, quant, scale)
     assert approx.dtype == np.float32 and approx.shape == (heads, seq_q, seq_k)
     for h in range(heads):

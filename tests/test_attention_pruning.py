@@ -97,6 +97,26 @@ def test_calibrated_threshold_hits_the_target_fraction():
             assert kept[3].sum() > kept[0].sum()
 
 
+def test_forced_sink_and_recent_keys_count_in_the_calibrated_target():
+    rng = np.random.default_rng(12)
+    approx = rng.standard_normal((3, 96, 96)).astype(np.float32)
+    valid = valid_mask(96, 96, True, 0)
+    rule = LayerRule("threshold", target_kept_fraction=0.25, keep_sink_tokens=4, keep_recent_tokens=8)
+    kept = prune_mask(approx, valid, rule)                 # calibrated on these scores, forced keys included
+    np.testing.assert_allclose(kept.sum(axis=(1, 2)) / valid.sum(), 0.25, atol=0.005)
+    forced = (np.arange(96)[None, :] < 4) | ((np.arange(96)[:, None] - np.arange(96)[None, :]) % 96 < 8)
+    assert np.all(kept[:, valid & forced])                  # every forced pair survives
+    # forced pairs alone above the target: the comparator keeps nothing else
+    heavy = LayerRule("threshold", target_kept_fraction=0.05, keep_sink_tokens=8, keep_recent_tokens=8)
+    np.testing.assert_array_equal(prune_mask(approx, valid, heavy)[0], valid & forced_of(heavy, valid))
+
+
+def forced_of(rule, valid):
+    from soc.attention.pruning import forced_keys
+
+    return forced_keys(valid, rule)
+
+
 def test_calibration_with_ties_is_as_close_as_any_threshold_can_be():
     rng = np.random.default_rng(2)
     vals = rng.integers(-6, 7, size=(5, 400)).astype(np.float32)      # 13 distinct values: heavy ties

@@ -70,7 +70,8 @@ def test_pruned_dram_bytes_follow_the_masks_plus_key_msbs(trace):
 def test_decode_work_equals_the_causal_prefill_restricted_to_the_last_rows(trace):
     # top-k is decided per query row and, without noise, needs no random stream: the step-wise decode must
     # keep exactly the pairs the block replay of the last G rows keeps
-    cfg = cfg_of("pruning.rule=topk", "pruning.topk_keys=20", "cim.noise_sigma_lsb=0")
+    cfg = cfg_of("pruning.rule=topk", "pruning.topk_keys=20", "cim.noise_sigma_lsb=0", "cim.noise_fraction_fs=0",
+                 "pruning.keep_sink_tokens=0", "pruning.keep_recent_tokens=0")
     d = run_decode(cfg, trace, model_accuracy=False)["decode"]
     m = trace.meta
     block = run_functional(trace.q, trace.k, trace.v, scale=m.scale, causal=True, query_offset=P,

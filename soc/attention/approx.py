@@ -1,23 +1,39 @@
-"""The analog CIM core's approximate attention score.
+"""The analog CIM core's approximate attention score, with the array's non-idealities.
 
 Q and K are quantized symmetrically per head to ``full_bits`` integers; the array only sees their most
-significant bits (an arithmetic right shift by ``full_bits - bits``, i.e. floor division). The charge-domain
-array computes the integer dot product of those MSBs; its readout adds Gaussian noise of ``noise_sigma_lsb``
-integer units. Multiplying by the units of Q and K and by the softmax scale expresses the result in
-softmax-logit units, so thresholds and margins compare directly with exact logits.
+significant bits. How the dropped LSBs are represented is ``quant.rounding``:
 
-The integer dot products run as a float32 matmul on integer-valued arrays: exact while |sum| < 2**24
-(8-bit x 8-bit MSBs x head_dim <= 1024 stays below that), and ~40x faster than numpy's integer matmul.
+- ``floor``: an arithmetic right shift by ``full_bits - bits`` (the value m stands for the bin's lower edge,
+  so every operand is biased by about half a step);
+- ``round``: add half a step, then shift (saturating at the top code);
+- ``center``: the shifted value plus the bin's centre offset ``(2**s - 1) / 2**(s+1)``, s the shift (the
+  array stores the odd code 2m + 1 on one extra bit, or adds a per-key correction written with the key).
+
+The charge-domain array computes the dot product of those values in units of one LSB. A chip instance has a
+fixed pattern drawn once from ``quant.chip_seed``: per comparator column (one stored key slot, key index mod
+the keys the array holds) a gain error from capacitor mismatch and an offset of the column's comparator. Each
+evaluation adds thermal noise; its sigma combines ``noise_sigma_lsb`` and ``noise_fraction_fs`` x full scale
+in quadrature. Full scale is the largest |dot product| the array can produce:
+``head_dim * 2**(query_bits-1) * 2**(key_bits-1)`` LSB. Multiplying by the units of Q and K and by the
+softmax scale expresses the result in softmax-logit units, so thresholds and margins compare directly with
+exact logits.
+
+The dot products run as a float32 matmul on integer-valued arrays (centre codes are scaled to integers by a
+power of two): exact while |sum| < 2**24, and ~40x faster than numpy's integer matmul.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import math
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
 from soc.attention.exact import kv_for_heads
-from soc.attention.spec import CimQuantSpec
+from soc.attention.spec import ROUNDINGS, CimQuantSpec
+
+#: Stream tag of the chip instance's fixed-pattern draw (distinct from the evaluation noise streams).
+CHIP_STREAM = 7
 
 
 class ApproxScores(NamedTuple):
@@ -27,15 +43,13 @@ class ApproxScores(NamedTuple):
     score_lsb: np.ndarray
 
 
-def msb_quantize(x: np.ndarray, bits: int, full_bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Keep the top ``bits`` of a symmetric ``full_bits`` quantization of ``x``.
-
-    One scale per matrix: the last two axes form one tensor (one head), leading axes index heads; a 1-D ``x``
-    is one tensor. Returns (integer-valued float32 array of x's shape, lsb) where ``lsb`` (shape x.shape[:-2],
-    or () for 1-D) is the real value of one unit of the result.
-    """
+def _codes(x: np.ndarray, bits: int, full_bits: int, rounding: str) -> tuple[np.ndarray, np.ndarray, float]:
+    """(integer-valued float32 codes, step of one full-precision unit, divisor) with value = codes / divisor
+    in units of one MSB step; the divisor is a power of two, so the division is exact."""
     if not 1 <= bits <= full_bits:
         raise ValueError(f"bits: expected an integer in [1, full_bits={full_bits}], got {bits}")
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"rounding: expected one of {', '.join(ROUNDINGS)}, got {rounding!r}")
     x32 = np.asarray(x, dtype=np.float32)
     axes = tuple(range(max(x32.ndim - 2, 0), x32.ndim))
     qmax = float(2 ** (full_bits - 1) - 1)
@@ -44,26 +58,99 @@ def msb_quantize(x: np.ndarray, bits: int, full_bits: int) -> tuple[np.ndarray, 
     step = np.where(peak > 0, peak / qmax, 1.0).astype(np.float32)
     ints = np.clip(np.rint(x32 / step), -qmax, qmax)
     shift = float(2 ** (full_bits - bits))
-    msb = np.floor(ints / shift).astype(np.float32)
-    lsb = (step * shift).reshape(x32.shape[:-2] if x32.ndim >= 2 else ())
-    return msb, lsb.astype(np.float64)
+    if rounding == "floor":
+        return np.floor(ints / shift).astype(np.float32), step, 1.0
+    if rounding == "round":
+        top = float(2 ** (bits - 1))
+        return np.clip(np.floor(ints / shift + 0.5), -top, top - 1).astype(np.float32), step, 1.0
+    # centre of the bin [shift*m - 1/2, shift*(m+1) - 1/2) of the full-precision code, times 2*shift
+    return (2.0 * shift * np.floor(ints / shift) + (shift - 1.0)).astype(np.float32), step, 2.0 * shift
+
+
+def msb_quantize(x: np.ndarray, bits: int, full_bits: int,
+                 rounding: str = "floor") -> tuple[np.ndarray, np.ndarray]:
+    """Keep the top ``bits`` of a symmetric ``full_bits`` quantization of ``x``.
+
+    One scale per matrix: the last two axes form one tensor (one head), leading axes index heads; a 1-D ``x``
+    is one tensor. Returns (float32 array of x's shape in units of one MSB step, lsb) where ``lsb`` (shape
+    x.shape[:-2], or () for 1-D) is the real value of one unit. ``floor`` and ``round`` give integers,
+    ``center`` integers plus the bin-centre offset.
+    """
+    codes, step, div = _codes(x, bits, full_bits, rounding)
+    shift = float(2 ** (full_bits - bits))
+    lsb = (step * shift).reshape(codes.shape[:-2] if codes.ndim >= 2 else ())
+    return (codes / np.float32(div)).astype(np.float32), lsb.astype(np.float64)
+
+
+def full_scale_lsb(quant: CimQuantSpec, head_dim: int) -> float:
+    """The largest |dot product| the array can produce, in LSB: head_dim x 2**(qb-1) x 2**(kb-1)."""
+    return float(head_dim) * 2.0 ** (quant.query_bits - 1) * 2.0 ** (quant.key_bits - 1)
+
+
+def thermal_sigma_lsb(quant: CimQuantSpec, head_dim: int) -> float:
+    """Per-evaluation noise sigma in LSB: noise_sigma_lsb and noise_fraction_fs x full scale in quadrature."""
+    return math.hypot(quant.noise_sigma_lsb, quant.noise_fraction_fs * full_scale_lsb(quant, head_dim))
+
+
+def key_slots(quant: CimQuantSpec, head_dim: int) -> int:
+    """Keys the array holds at once (comparator columns): array_cols // ceil(head_dim * key_bits / rows)."""
+    return max(1, quant.array_cols // math.ceil(head_dim * quant.key_bits / quant.array_rows))
+
+
+def chip_pattern(quant: CimQuantSpec, head_dim: int, core: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The fixed pattern of one CIM core of chip ``quant.chip_seed``: (gain error, offset in LSB) per column.
+
+    Drawn from ``default_rng([chip_seed, CHIP_STREAM, core])`` whatever the evaluation seed, so every
+    evaluation, layer and head on that core sees the same columns.
+    """
+    slots = key_slots(quant, head_dim)
+    gen = np.random.default_rng([quant.chip_seed, CHIP_STREAM, int(core)])
+    gain = quant.gain_sigma_fraction * gen.standard_normal(slots)
+    offset = quant.offset_fraction_fs * full_scale_lsb(quant, head_dim) * gen.standard_normal(slots)
+    return gain, offset
+
+
+def head_cores(layer: int, heads: int, h0: int, h1: int, cores: int) -> list[int]:
+    """The CIM core that scores each head h0..h1-1 of ``layer``: (layer x heads + head) mod cores, as the
+    system deals heads round-robin to its core pairs."""
+    return [(layer * heads + h) % max(1, cores) for h in range(h0, h1)]
+
+
+def _apply_pattern(dots: np.ndarray, quant: CimQuantSpec, head_dim: int, cores: Sequence[int] | None,
+                   key_offset: int) -> None:
+    """dots (H, Sq, Sk) in LSB <- (1 + gain[col]) x dots + offset[col], col = key index mod the array's slots."""
+    if quant.gain_sigma_fraction == 0 and quant.offset_fraction_fs == 0:
+        return
+    heads, _, seq_k = dots.shape
+    cores = [0] * heads if cores is None else list(cores)
+    if len(cores) != heads:
+        raise ValueError(f"cores: expected {heads} core indices (one per head), got {len(cores)}")
+    col = (np.arange(seq_k) + key_offset) % key_slots(quant, head_dim)
+    for h, core in enumerate(cores):
+        gain, offset = chip_pattern(quant, head_dim, core)
+        dots[h] *= (1.0 + gain[col]).astype(np.float32)
+        dots[h] += offset[col].astype(np.float32)
 
 
 def approx_scores(q: np.ndarray, k: np.ndarray, quant: CimQuantSpec, scale: float,
-                  rng: np.random.Generator | None = None, *, head_rngs: list | None = None) -> ApproxScores:
+                  rng: np.random.Generator | None = None, *, head_rngs: list | None = None,
+                  cores: Sequence[int] | None = None, key_offset: int = 0) -> ApproxScores:
     """Approximate logits of one layer: q (H, Sq, D), k (KV, Sk, D) -> ApproxScores((H, Sq, Sk), (H,)).
 
-    Noise (when ``quant.noise_sigma_lsb > 0``) is drawn from ``rng`` for the whole array, or from
-    ``head_rngs[h]`` for head h (so the draw does not depend on how heads are batched). With zero noise no
-    random number is drawn.
+    Thermal noise (when its sigma is > 0) is drawn from ``rng`` for the whole array, or from ``head_rngs[h]``
+    for head h (so the draw does not depend on how heads are batched). With zero noise no random number is
+    drawn. ``cores`` gives the CIM core of each head (default all core 0; see :func:`head_cores`) and
+    ``key_offset`` the position of k's first key, which fix each key's comparator column.
     """
-    heads = q.shape[0]
-    q_int, lsb_q = msb_quantize(q, quant.query_bits, quant.full_bits)
-    k_int, lsb_k = msb_quantize(k, quant.key_bits, quant.full_bits)
-    k_int_h = kv_for_heads(k_int, 0, heads, heads)
-    lsb_k_h = kv_for_heads(lsb_k[:, None, None], 0, heads, heads)[:, 0, 0]
-    dots = np.matmul(q_int, k_int_h.transpose(0, 2, 1))
-    sigma = quant.noise_sigma_lsb
+    heads, _, head_dim = q.shape
+    q_code, step_q, div_q = _codes(q, quant.query_bits, quant.full_bits, quant.rounding)
+    k_code, step_k, div_k = _codes(k, quant.key_bits, quant.full_bits, quant.rounding)
+    k_code_h = kv_for_heads(k_code, 0, heads, heads)
+    dots = np.matmul(q_code, k_code_h.transpose(0, 2, 1))
+    if div_q * div_k != 1.0:
+        dots *= np.float32(1.0 / (div_q * div_k))  # a power of two: exact
+    _apply_pattern(dots, quant, head_dim, cores, key_offset)
+    sigma = thermal_sigma_lsb(quant, head_dim)
     if sigma > 0:
         if head_rngs is not None:
             if len(head_rngs) != heads:
@@ -73,7 +160,10 @@ def approx_scores(q: np.ndarray, k: np.ndarray, quant: CimQuantSpec, scale: floa
         elif rng is not None:
             dots += np.float32(sigma) * rng.standard_normal(dots.shape, dtype=np.float32)
         else:
-            raise ValueError(f"rng: noise_sigma_lsb is {sigma} but no random generator was given")
+            raise ValueError(f"rng: the thermal noise sigma is {sigma} LSB but no random generator was given")
+    lsb_q = (step_q * 2.0 ** (quant.full_bits - quant.query_bits)).reshape(heads).astype(np.float64)
+    lsb_k = (step_k * 2.0 ** (quant.full_bits - quant.key_bits)).reshape(-1).astype(np.float64)
+    lsb_k_h = kv_for_heads(lsb_k[:, None, None], 0, heads, heads)[:, 0, 0]
     score_lsb = lsb_q * lsb_k_h * float(scale)
     dots *= score_lsb.astype(np.float32)[:, None, None]
     return ApproxScores(dots, score_lsb)

@@ -15,11 +15,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from soc.attention.approx import approx_scores
+from soc.attention.approx import approx_scores, head_cores
 from soc.attention.exact import kv_for_heads, scores, softmax_masked, valid_mask, weighted_sum
 from soc.attention.metrics import AccuracyTally
 from soc.attention.plan import COUNT_KEYS, chunk_counts
-from soc.attention.pruning import calibrate_thresholds, fixed_thresholds, prune_mask, quantile_threshold
+from soc.attention.pruning import (calibrate_thresholds, fixed_thresholds, forced_keys, prune_mask,
+                                  quantile_threshold)
 from soc.attention.spec import LayerRule, PruningSpec
 from soc.errors import ConfigError, TraceError
 
@@ -101,9 +102,10 @@ def _calibrate(rule: LayerRule, q_l: np.ndarray, k_l: np.ndarray, valid: np.ndar
     stride = max(1, math.ceil(heads * int(np.count_nonzero(valid)) / CALIBRATION_SAMPLE_CAP))
     for h0, h1 in slices:
         approx = approx_scores(q_l[h0:h1], kv_for_heads(k_l, h0, h1, heads), pruning.quant, scale,
-                               head_rngs=_head_rngs(seed, stream, layer, h0, h1)).scores
+                               head_rngs=_head_rngs(seed, stream, layer, h0, h1),
+                               cores=head_cores(layer, heads, h0, h1, pruning.quant.cores)).scores
         if rule.granularity == "head" or len(slices) == 1:
-            thr[h0:h1] = calibrate_thresholds(approx, valid, frac, rule.granularity)
+            thr[h0:h1] = calibrate_thresholds(approx, valid, frac, rule.granularity, forced_keys(valid, rule))
         else:
             samples.append(approx[:, valid].ravel()[::stride])
     if samples:
@@ -232,10 +234,13 @@ def run_functional(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, scale: float,
                 out_pruned = out_exact
             else:
                 approx, score_lsb[h0:h1] = approx_scores(q_l[h0:h1], k_h, pruning.quant, scale,
-                                                         head_rngs=_head_rngs(seed, 0, layer, h0, h1))
+                                                         head_rngs=_head_rngs(seed, 0, layer, h0, h1),
+                                                         cores=head_cores(layer, heads, h0, h1,
+                                                                          pruning.quant.cores))
                 if inline:
                     frac = float(rule.target_kept_fraction)
-                    thresholds[h0:h1] = calibrate_thresholds(approx, valid, frac, rule.granularity)
+                    thresholds[h0:h1] = calibrate_thresholds(approx, valid, frac, rule.granularity,
+                                                             forced_keys(valid, rule, query_offset))
                 keep = prune_mask(approx, valid, rule, None if thresholds is None else thresholds[h0:h1],
                                   query_offset=query_offset)
                 del approx

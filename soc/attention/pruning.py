@@ -50,15 +50,24 @@ def quantile_threshold(vals: np.ndarray, target: float) -> np.ndarray:
 
 
 def calibrate_thresholds(approx: np.ndarray, valid: np.ndarray, target_kept_fraction: float,
-                         granularity: str = "head") -> np.ndarray:
+                         granularity: str = "head", forced: np.ndarray | None = None) -> np.ndarray:
     """Comparator references (H,) such that the fraction of valid pairs with s~ >= thr is nearest the target.
 
     ``granularity`` 'head': one quantile per head; 'layer': one quantile over all heads, repeated.
+    ``forced`` (Sq, Sk): pairs kept whatever their score (sink and recent keys); the quantile is then taken
+    over the other valid pairs so that forced + comparator-kept pairs make up the target.
     """
     if not 0.0 < target_kept_fraction <= 1.0:
         raise ValueError(f"target_kept_fraction: expected a number in (0, 1], got {target_kept_fraction}")
     heads = approx.shape[0]
     _valid_3d(valid, approx.shape)
+    if forced is not None and forced.any():
+        free = valid & ~forced
+        n_valid, n_free = int(np.count_nonzero(valid)), int(np.count_nonzero(free))
+        share = (target_kept_fraction * n_valid - (n_valid - n_free)) / n_free if n_free else 0.0
+        if share <= 0:  # the forced pairs alone reach the target: a finite reference above every score
+            return approx.reshape(heads, -1).max(axis=1).astype(np.float64) + 1.0
+        return calibrate_thresholds(approx, free, min(share, 1.0), granularity)
     if valid.ndim == 2:
         vals = approx[:, valid]  # (H, n valid) in one gather: validity is shared by the heads
         if granularity == "head":
@@ -138,7 +147,8 @@ def prune_mask(approx: np.ndarray, valid: np.ndarray, rule: LayerRule,
             thresholds = fixed_thresholds(rule, heads)
         if thresholds is None:
             frac = float(rule.target_kept_fraction)
-            thresholds = calibrate_thresholds(approx, valid, frac, rule.granularity)
+            thresholds = calibrate_thresholds(approx, valid, frac, rule.granularity,
+                                              forced_keys(valid, rule, query_offset))
         thr = np.asarray(thresholds, dtype=np.float64)
         if thr.shape != (heads,):
             raise ValueError(f"thresholds: expected shape ({heads},), got {thr.shape}")

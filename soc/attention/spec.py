@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from soc.errors import ConfigError
 
 RULES = ("none", "threshold", "margin", "topk")
+ROUNDINGS = ("floor", "round", "center")
 GRANULARITIES = ("head", "layer")
 
 
@@ -39,12 +40,27 @@ def _is_real(value: object) -> bool:
 
 @dataclass(frozen=True)
 class CimQuantSpec:
-    """How Q and K are quantized for the analog array, and how noisy its dot products are."""
+    """How Q and K are quantized for the analog array, and its errors (see :mod:`soc.attention.approx`).
+
+    ``rounding``: how the MSBs stand for the dropped LSBs (floor, round, center). Thermal noise per
+    evaluation: ``noise_sigma_lsb`` (LSB of the integer dot product) and ``noise_fraction_fs`` (fraction of
+    the array's full scale), combined in quadrature. Fixed pattern of chip ``chip_seed``: per-column gain
+    error (relative sigma ``gain_sigma_fraction``) and comparator offset (sigma ``offset_fraction_fs`` of full scale);
+    the array's geometry (``array_rows`` x ``array_cols``) fixes which column each key lands in.
+    """
 
     query_bits: int = 4
     key_bits: int = 4
     full_bits: int = 8
     noise_sigma_lsb: float = 0.0
+    rounding: str = "center"
+    noise_fraction_fs: float = 0.0
+    gain_sigma_fraction: float = 0.0
+    offset_fraction_fs: float = 0.0
+    chip_seed: int = 0
+    array_rows: int = 128
+    array_cols: int = 128
+    cores: int = 1  # CIM cores, each with its own fixed pattern; heads are dealt round-robin to them
 
     def __post_init__(self) -> None:
         if not _is_int(self.full_bits) or not 2 <= self.full_bits <= 16:
@@ -55,8 +71,18 @@ class CimQuantSpec:
                 raise SpecError(f"{name}: expected an integer in [1, 8], got {value!r}")
             if value > self.full_bits:
                 raise SpecError(f"{name}: expected at most full_bits ({self.full_bits}), got {value!r}")
-        if not _is_real(self.noise_sigma_lsb) or self.noise_sigma_lsb < 0:
-            raise SpecError(f"noise_sigma_lsb: expected a finite number >= 0, got {self.noise_sigma_lsb!r}")
+        if self.rounding not in ROUNDINGS:
+            raise SpecError(f"rounding: expected one of {', '.join(ROUNDINGS)}, got {self.rounding!r}")
+        for name in ("noise_sigma_lsb", "noise_fraction_fs", "gain_sigma_fraction", "offset_fraction_fs"):
+            value = getattr(self, name)
+            if not _is_real(value) or value < 0:
+                raise SpecError(f"{name}: expected a finite number >= 0, got {value!r}")
+        if not _is_int(self.chip_seed) or self.chip_seed < 0:
+            raise SpecError(f"chip_seed: expected an integer >= 0, got {self.chip_seed!r}")
+        for name in ("array_rows", "array_cols", "cores"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise SpecError(f"{name}: expected an integer >= 1, got {value!r}")
 
 
 @dataclass(frozen=True)

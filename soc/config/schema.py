@@ -93,7 +93,23 @@ class CimConfig:
     query_bits: int = param(4, ge=1, le=8, doc="Query MSBs driven bit-serially on the wordlines.")
     key_bits: int = param(4, ge=1, le=8, doc="Key MSBs stored in the array.")
     full_bits: int = param(8, ge=2, le=16, doc="Precision from which the MSBs are taken.")
-    noise_sigma_lsb: float = param(0.5, ge=0.0, le=1e6, doc="Analog noise, sigma in LSBs of the score.")
+    noise_sigma_lsb: float = param(0.0, ge=0.0, le=1e6, doc="Thermal noise per evaluation, sigma in LSBs of the "
+                                                             "MSB dot product (adds in quadrature to "
+                                                             "noise_fraction_fs).")
+    noise_fraction_fs: float = param(0.0025, ge=0.0, le=1.0,
+                                     doc="Thermal noise per evaluation, sigma as a fraction of the array's full "
+                                         "scale (head_dim x 2^(query_bits-1) x 2^(key_bits-1) LSB).")
+    gain_sigma_fraction: float = param(0.005, ge=0.0, le=1.0,
+                                       doc="Fixed pattern: per-column gain error (capacitor mismatch), relative "
+                                           "sigma; drawn once per chip from chip_seed.")
+    offset_fraction_fs: float = param(0.0025, ge=0.0, le=1.0,
+                                      doc="Fixed pattern: per-column comparator offset, sigma as a fraction of "
+                                          "full scale; drawn once per chip from chip_seed.")
+    chip_seed: int = param(0, ge=0, doc="The chip instance: seeds the fixed-pattern errors (the run's seed "
+                                        "drives only the thermal noise).")
+    rounding: str = param("center", choices=("floor", "round", "center"),
+                          doc="How the MSBs stand for the dropped LSBs: floor (arithmetic shift), round (add "
+                              "half a step, then shift), center (the bin's centre).")
     compare_cycles: int = param(1, ge=0, le=1024, doc="Comparator/readout cycles per query.")
     write_bits_per_cycle: int = param(128, ge=1, doc="Array write bandwidth (one row per cycle).")
     max_tree_cycles: int = param(7, ge=0, doc="margin rule, keys in one tile: cycles of the row-max tree.")

@@ -1,0 +1,147 @@
+"""The analog core's non-idealities: rounding modes against a float64 reference, thermal noise as a fraction of
+full scale, and the fixed pattern of a chip instance (same for every evaluation, different across chips)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from soc.attention.approx import approx_scores, chip_pattern, full_scale_lsb, key_slots, msb_quantize
+from soc.attention.spec import CimQuantSpec, SpecError
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(2024)
+
+
+def _bins(x: np.ndarray, bits: int, full_bits: int = 8) -> tuple[np.ndarray, float]:
+    """Independent float64 reference: the MSB bin index of each element and the value of one MSB step."""
+    qmax = 2 ** (full_bits - 1) - 1
+    step = float(np.abs(x).max()) / qmax
+    ints = np.clip(np.rint(x.astype(np.float64) / step), -qmax, qmax).astype(np.int64)
+    return np.right_shift(ints, full_bits - bits), step * 2 ** (full_bits - bits)
+
+
+def test_center_rounding_without_noise_is_the_float64_dot_of_bin_centres(rng):
+    heads, kv_heads, seq_q, seq_k, dim, scale = 4, 2, 6, 9, 32, 0.17
+    q = rng.standard_normal((heads, seq_q, dim)).astype(np.float32)
+    k = rng.standard_normal((kv_heads, seq_k, dim)).astype(np.float32) * 2.5
+    quant = CimQuantSpec(query_bits=4, key_bits=3, full_bits=8, rounding="center")
+    approx, score_lsb = approx_scores(q, k, quant, scale)
+    for h in range(heads):
+        mq, lq = _bins(q[h], 4)
+        mk, lk = _bins(k[h // 2], 3)
+        # the full-precision codes of bin m span [2^s m - 1/2, 2^s (m+1) - 1/2): centre 2^s m + (2^s - 1)/2
+        cq = mq + (2 ** 4 - 1) / 2 ** 5
+        ck = mk + (2 ** 5 - 1) / 2 ** 6
+        ref_dot = cq @ ck.T                                    # float64, exact (multiples of 2^-11)
+        assert score_lsb[h] == pytest.approx(lq * lk * scale, rel=1e-6)
+        expected = ref_dot.astype(np.float32) * np.float32(score_lsb[h])
+        np.testing.assert_array_equal(approx[h], expected)
+        assert np.array_equal(ref_dot.astype(np.float32).astype(np.float64), ref_dot)
+
+
+def test_rounding_modes_on_a_hand_example():
+    # 8-bit codes [127, -38, 25, -127, 0, 8]; 4 MSBs: floor = code >> 4, round = floor(code/16 + 1/2) saturated
+    x = np.array([1.0, -0.3, 0.2, -1.0, 0.0, 8 / 127], dtype=np.float32)
+    np.testing.assert_array_equal(msb_quantize(x, 4, 8, "floor")[0], [7, -3, 1, -8, 0, 0])
+    np.testing.assert_array_equal(msb_quantize(x, 4, 8, "round")[0], [7, -2, 2, -8, 0, 1])
+    np.testing.assert_array_equal(msb_quantize(x, 4, 8, "center")[0], np.array([7, -3, 1, -8, 0, 0]) + 15 / 32)
+    # all bits kept: every mode is the 8-bit code itself
+    for mode in ("floor", "round", "center"):
+        np.testing.assert_array_equal(msb_quantize(x, 8, 8, mode)[0], [127, -38, 25, -127, 0, 8])
+
+
+def test_center_and_round_remove_the_half_step_bias_of_floor(rng):
+    q = rng.standard_normal((1, 256, 32)).astype(np.float32)
+    k = rng.standard_normal((1, 256, 32)).astype(np.float32)
+    exact = q[0].astype(np.float64) @ k[0].astype(np.float64).T
+    err = {}
+    for mode in ("floor", "round", "center"):
+        a = approx_scores(q, k, CimQuantSpec(rounding=mode), 1.0).scores[0]
+        err[mode] = float(np.sqrt(np.mean((a - exact) ** 2)))
+    assert err["center"] < 0.8 * err["floor"] and err["round"] < 0.8 * err["floor"]
+
+
+def test_noise_fraction_is_relative_to_the_arrays_full_scale():
+    rng = np.random.default_rng(5)
+    q = rng.standard_normal((2, 64, 64)).astype(np.float32)
+    k = rng.standard_normal((2, 96, 64)).astype(np.float32)
+    quant = CimQuantSpec(noise_fraction_fs=0.01, noise_sigma_lsb=3.0)
+    assert full_scale_lsb(quant, 64) == 64 * 8 * 8
+    clean = approx_scores(q, k, CimQuantSpec(), 1.0)
+    noisy = approx_scores(q, k, quant, 1.0, np.random.default_rng(1))
+    units = (noisy.scores - clean.scores) / clean.score_lsb[:, None, None]
+    assert units.std() == pytest.approx(np.hypot(0.01 * 4096, 3.0), rel=0.03)
+
+
+def _pattern_scores(quant: CimQuantSpec, seed: int, seq_k: int = 300, cores=None):
+    # all-zero queries with floor rounding: every ideal dot product is 0, so what is left is the offset
+    q = np.zeros((3, 4, 32), dtype=np.float32)
+    k = np.random.default_rng(9).standard_normal((3, seq_k, 32)).astype(np.float32)
+    return approx_scores(q, k, quant, 1.0, np.random.default_rng(seed), cores=cores)
+
+
+def test_fixed_pattern_is_the_same_for_every_evaluation_of_one_chip():
+    quant = CimQuantSpec(rounding="floor", offset_fraction_fs=0.01, gain_sigma_fraction=0.02, chip_seed=11)
+    a, b = _pattern_scores(quant, seed=1), _pattern_scores(quant, seed=2)
+    np.testing.assert_array_equal(a.scores, b.scores)
+    slots = key_slots(quant, 32)
+    assert slots == 128                                  # 32 x 4-bit key = one 128-row column per key
+    gain, offset = chip_pattern(quant, 32)
+    units = a.scores / a.score_lsb[:, None, None]
+    col = np.arange(300) % slots
+    np.testing.assert_allclose(units, np.broadcast_to(offset[col], units.shape), rtol=1e-5, atol=1e-4)
+    assert offset.std() == pytest.approx(0.01 * full_scale_lsb(quant, 32), rel=0.25)
+    # the pattern is per column: key j and key j + slots land in the same column
+    np.testing.assert_array_equal(units[:, :, :44], units[:, :, slots:slots + 44])
+
+
+def test_fixed_pattern_differs_across_chips_and_cores():
+    base = dict(rounding="floor", offset_fraction_fs=0.01, gain_sigma_fraction=0.02)
+    chip0 = _pattern_scores(CimQuantSpec(**base, chip_seed=0), seed=1).scores
+    chip1 = _pattern_scores(CimQuantSpec(**base, chip_seed=1), seed=1).scores
+    assert np.mean(chip0 != chip1) > 0.99
+    out = _pattern_scores(CimQuantSpec(**base, chip_seed=0, cores=2), seed=1, cores=[0, 1, 0])
+    two_cores = out.scores / out.score_lsb[:, None, None]  # in LSB: heads differ only in their units
+    np.testing.assert_allclose(two_cores[0], two_cores[2], rtol=1e-6)
+    assert np.mean(two_cores[0] != two_cores[1]) > 0.99
+    g0, _ = chip_pattern(CimQuantSpec(**base, chip_seed=0), 32)
+    g1, _ = chip_pattern(CimQuantSpec(**base, chip_seed=1), 32)
+    assert not np.allclose(g0, g1)
+
+
+def test_gain_error_scales_the_dot_product_per_column(rng):
+    q = rng.standard_normal((1, 8, 32)).astype(np.float32)
+    k = rng.standard_normal((1, 200, 32)).astype(np.float32)
+    quant = CimQuantSpec(gain_sigma_fraction=0.05, chip_seed=3)
+    ideal = approx_scores(q, k, CimQuantSpec(), 1.0).scores
+    real = approx_scores(q, k, quant, 1.0).scores
+    gain, _ = chip_pattern(quant, 32)
+    col = np.arange(200) % key_slots(quant, 32)
+    np.testing.assert_allclose(real, ideal * (1 + gain[col]), rtol=1e-5, atol=1e-5)
+
+
+def test_bad_analog_fields_name_the_field():
+    with pytest.raises(SpecError, match="rounding"):
+        CimQuantSpec(rounding="truncate")
+    with pytest.raises(SpecError, match="noise_fraction_fs"):
+        CimQuantSpec(noise_fraction_fs=-0.1)
+    with pytest.raises(SpecError, match="chip_seed"):
+        CimQuantSpec(chip_seed=-1)
+
+
+def test_config_reaches_the_functional_model_and_defaults_carry_a_citation():
+    from soc.config import load_config
+    from soc.simulate import pruning_spec
+
+    cfg = load_config("configs/hybrid65nm.yaml", ["cim.noise_fraction_fs=0.01", "cim.chip_seed=3",
+                                                  "cim.rounding=floor"])
+    quant = pruning_spec(cfg).quant
+    assert (quant.noise_fraction_fs, quant.chip_seed, quant.rounding) == (0.01, 3, "floor")
+    assert (quant.gain_sigma_fraction, quant.offset_fraction_fs) == (cfg.cim.gain_sigma_fraction,
+                                                                    cfg.cim.offset_fraction_fs)
+    for key in ("noise_fraction_fs", "gain_sigma_fraction", "offset_fraction_fs"):
+        text = cfg.provenance[f"cim.{key}"]
+        assert text.startswith(("published:", "derived:")) and "JSSC" in text, key
