@@ -81,7 +81,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from soc.simulate import simulate
         from soc.trace import load_trace
 
-        trace = load_trace(trace_path(args.trace), mmap=True, max_bytes=_memory_budget())
+        trace = load_trace(trace_path(args.trace), mmap=True, max_bytes=trace_budget())
         check_replay_memory(trace)
         bar.advance()
     recorder, finish = _timeline(args)
@@ -103,9 +103,16 @@ def _check_timeline_flags(args: argparse.Namespace) -> None:
         raise SocError(f"{flag}: filters a timeline; add --timeline PATH.json or PATH.pftrace (or --plots DIR)")
 
 
-def _memory_budget() -> int:
-    """Bytes a trace may take in memory when it cannot be mapped: half the memory available now."""
-    return max(64 * 2**20, available_memory() // 2)
+def trace_budget() -> int:
+    """Bytes a trace may take in memory when it cannot be mapped: half the physical memory, at most 8 GiB
+    (a stable figure, so the refusal reads the same on every run)."""
+    import os
+
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        physical = 16 * 2**30
+    return min(8 * 2**30, physical // 2)
 
 
 def available_memory() -> int:
@@ -411,7 +418,7 @@ def blas_threads(n: int | None) -> Iterator[None]:
 def _error_line(exc: BaseException) -> str:
     from soc.config.fields import one_line
 
-    return one_line(" ".join(str(exc).split()), 1000)
+    return one_line(str(exc), 10_000)  # messages are bounded where they are made; this keeps them one line
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -150,7 +150,7 @@ def test_save_leaves_no_temporaries_and_replaces_only_on_success(tmp_path, monke
     monkeypatch.undo()
     assert target.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["t.npz"]
-    with pytest.raises(TraceError, match="already exists"):
+    with pytest.raises(TraceError, match="a trace exists"):
         save_trace(target, q, k, v, _meta(), overwrite=False)
 
 
