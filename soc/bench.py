@@ -133,12 +133,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 @extra_command
 def _register(sub) -> None:
-    p = sub.add_parser("bench", help="speed benchmark, as ratios against SimPy and numpy floors")
-    p.add_argument("--workload", default="bert-base")
-    p.add_argument("--seq-len", type=int, default=512)
-    p.add_argument("--layers", type=int, default=None)
-    p.add_argument("--config", default="configs/hybrid65nm.yaml")
-    p.add_argument("--out", default=None, help="also write the figures as JSON")
+    from soc.cli import CONFIG_HELP, _pos_int, add_parser
+
+    p = add_parser(sub, "bench", help="speed benchmark, as ratios against SimPy and numpy floors",
+                   description="Speed of the simulator on a synthetic workload, as ratios against floors "
+                               "measured in the same process.")
+    p.add_argument("--workload", default="bert-base", metavar="NAME",
+                   help="workload shape from workloads/NAME.yaml (default: bert-base)")
+    p.add_argument("--seq-len", type=_pos_int, default=512, metavar="N",
+                   help="sequence length in tokens (default: 512)")
+    p.add_argument("--layers", type=_pos_int, default=None, metavar="N",
+                   help="first N layers of the workload (default: all)")
+    p.add_argument("--config", default="hybrid65nm", help=CONFIG_HELP + " (default: hybrid65nm)")
+    p.add_argument("--out", default=None, metavar="PATH.json",
+                   help="also write the figures as JSON to PATH.json (default: print only)")
     p.set_defaults(func=cmd_bench)
 
 

@@ -219,8 +219,12 @@ def cmd_paper(args: argparse.Namespace) -> int:
 
 @extra_command
 def _register(sub) -> None:
-    p = sub.add_parser("paper", help="the paper's published figures beside the simulated ones")
-    p.add_argument("--config", default="configs/hybrid65nm.yaml")
+    from soc.cli import CONFIG_HELP, add_parser
+
+    p = add_parser(sub, "paper", help="the paper's published figures beside the simulated ones",
+                   description="The paper's published figures beside the simulated ones (bundled data only).")
+    p.add_argument("--config", default="hybrid65nm", help=CONFIG_HELP + " (default: hybrid65nm)")
     p.add_argument("--derive", action="store_true", help="print the parameters the published figures imply")
-    p.add_argument("--no-baselines", action="store_true", help="skip the decoder-trace baseline comparison")
+    p.add_argument("--no-baselines", action="store_true",
+                   help="skip the decoder-trace baseline comparison (default: include it)")
     p.set_defaults(func=cmd_paper)
