@@ -8,6 +8,8 @@ own handler (exit 130) rather than inside this package's imports.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
 
 __version__ = "0.1.0"
@@ -37,3 +39,16 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """``soc.simulate`` is the function, as the eager ``from soc.simulate import simulate`` made it: importing
+    the submodule (which the import system records on the package) must not replace it by the module."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "simulate" and isinstance(value, types.ModuleType) and hasattr(value, "simulate"):
+            value = value.simulate
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

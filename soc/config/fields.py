@@ -19,6 +19,7 @@ from soc.errors import ConfigError
 _MISSING = dataclasses.MISSING
 MAX_INT = 2**53  # integers beyond this are not exact as floats, and no parameter needs them
 MAX_FLOAT = 1e18  # no parameter needs more in its unit; products of a few such stay far from overflow
+MIN_FLOAT = 1e-18  # nor less (but 0): reciprocals and products of a few such stay finite
 _EXPONENT_FLOAT = re.compile(r"[-+]?[0-9]+(\.[0-9]*)?[eE][-+]?[0-9]+")  # 1e-3, 2E9, 1.5e3: text to YAML 1.1
 
 # error messages quote the bad value, but boundedly: a 1 MiB string or a 10^5-node list stays one short line
@@ -172,6 +173,9 @@ def convert(tp: Any, value: Any, where: str, meta: Mapping[str, Any] | None = No
             raise ConfigError(f"{where}: expected a finite number, got {show(value)}")
         if abs(value) > MAX_FLOAT:
             raise ConfigError(f"{where}: expected a number of magnitude at most {MAX_FLOAT:g}, got {show(value)}")
+        if 0 < abs(value) < MIN_FLOAT:  # 5e-324 GHz: its reciprocal (a clock period) overflows to infinity
+            raise ConfigError(f"{where}: expected 0 or a number of magnitude at least {MIN_FLOAT:g}, "
+                              f"got {show(value)}")
         _check_range(value, meta, where, "a number")
         return value
     if tp is str:
