@@ -78,14 +78,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     with progress.task("loading config and trace", total=2, unit="step") as bar:
         cfg = load_config(args.config, args.set or [])
         bar.advance()
-        from soc.simulate import simulate
         from soc.trace import load_trace
 
         trace = load_trace(trace_path(args.trace), mmap=True, max_bytes=trace_budget())
         check_replay_memory(trace)
         bar.advance()
     recorder, finish = _timeline(args)
-    result = simulate(cfg, trace, recorder=recorder, seed=args.seed)
+    result = simulate_named(cfg, trace, config_name(args.config, args.set), recorder=recorder, seed=args.seed)
     note_replacing(out / "report.json")
     write_json(out / "report.json", result.report)
     print(summary_text(result.report))
@@ -93,6 +92,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     if finish is not None:
         finish(result)
     return 0
+
+
+def config_name(config: str | None, overrides: Sequence[str] | None) -> str:
+    """How an error found while simulating names the config: the file, and the overrides if any."""
+    name = _short(config or "hybrid65nm")
+    keys = [o.split("=", 1)[0].strip() for o in overrides or ()]
+    return name + (f" with --set {', '.join(keys)}" if keys else "")
+
+
+def simulate_named(cfg: Any, trace: Any, name: str, **kwargs: Any) -> Any:
+    """simulate(), with a configuration or wiring error raised while elaborating the SoC prefixed by the
+    config it comes from (the blocks know their key, not the file)."""
+    from soc.errors import ConfigError, WiringError
+    from soc.simulate import simulate
+
+    try:
+        return simulate(cfg, trace, **kwargs)
+    except (ConfigError, WiringError) as exc:
+        if str(exc).startswith(name.split(" with ")[0]):
+            raise
+        raise type(exc)(f"{name}: {exc}") from None
 
 
 def _check_timeline_flags(args: argparse.Namespace) -> None:
