@@ -462,12 +462,17 @@ def _silence_stdout() -> None:
         pass
 
 
+_PARSER: argparse.ArgumentParser | None = None
+
+
 def _main(argv: Sequence[str] | None) -> int:
     from soc import progress
 
-    _load_extras()
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    global _PARSER
+    if _PARSER is None:  # built once per process: in-process callers (tests, notebooks) call main often
+        _load_extras()
+        _PARSER = build_parser()
+    args = _PARSER.parse_args(argv)
     try:
         with progress.shown(enabled=not args.quiet), blas_threads(args.blas_threads):
             return int(args.func(args) or 0)

@@ -39,8 +39,7 @@ def check(category: str, argv: list[str], *, codes: Iterable[int] = (2,), names:
     COUNTS[category] += 1
     code, out, err = run(argv)
     codes = tuple(codes)
-    lines = [line for line in err.splitlines() if not line.startswith("soc: warning:")
-             and not line.startswith("soc: replacing")]
+    lines = [line for line in err.splitlines() if not line.startswith(("soc: warning:", "soc: replacing", "sweep "))]
     problem = None
     if "Traceback" in err or "Traceback" in out:
         problem = "a traceback"

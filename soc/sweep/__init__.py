@@ -35,7 +35,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     spec = load_sweep(args.sweep)
     executor = args.executor or ("dask" if args.scheduler else "processes")
     summary = run_sweep(spec, out, executor=executor, workers=args.workers, scheduler=args.scheduler,
-                        retry_failed=args.retry_failed, plot=not args.no_plot, progress=sys.stderr,
+                        retry_failed=args.retry_failed, plot=not args.no_plot,
+                        progress=None if args.quiet else sys.stderr,
                         blas_threads=args.blas_threads or 1)
     ok = sum(r["status"] == "ok" for r in summary.rows)
     print(f"sweep {spec.name}: {summary.total} points, {ok} ok, {len(summary.rows) - ok} failed "

@@ -174,7 +174,10 @@ def _synth_trace(item: Mapping[str, Any], where: str) -> TraceRef:
     if not isinstance(item.get("workload"), str):
         raise ConfigError(f"{where}.workload: expected a workload name (workloads/NAME.yaml), "
                           f"got {item.get('workload')!r}")
-    spec = load_workload(item["workload"])
+    try:
+        spec = load_workload(item["workload"])
+    except SocError as exc:
+        raise ConfigError(f"{where}.workload: {exc}") from None
     args: dict[str, Any] = {"workload": item["workload"]}
     limits = {"seq_len": spec.max_positions, "layers": spec.layers, "seed": 2**63 - 1,
               "prompt": spec.max_positions, "generate": spec.max_positions}

@@ -19,6 +19,7 @@ import math
 import os
 import shutil
 import struct
+import tokenize
 import tempfile
 import zipfile
 import zlib
@@ -131,7 +132,7 @@ def _read_header(fh: IO[bytes], where: str, name: str) -> _Header:
             shape, fortran, dtype = npf.read_array_header_2_0(fh)
         else:
             raise ValueError(f"unsupported .npy version {version}")
-    except (ValueError, EOFError, OSError, zipfile.BadZipFile, SyntaxError) as exc:
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile, SyntaxError, tokenize.TokenError) as exc:
         raise TraceError(f"{where}: {name}: not a valid .npy header ({one_line(exc)})") from None
     return _Header(tuple(shape), np.dtype(dtype), bool(fortran), fh.tell())
 
