@@ -474,7 +474,7 @@ def _main(argv: Sequence[str] | None) -> int:
         _PARSER = build_parser()
     args = _PARSER.parse_args(argv)
     try:
-        with progress.shown(enabled=not args.quiet), blas_threads(args.blas_threads):
+        with progress.shown(enabled=not args.quiet), blas_threads(args.blas_threads), _terminate_cleanly():
             return int(args.func(args) or 0)
     except SocError as exc:
         print(f"soc: error: {_hint(exc)}", file=sys.stderr)
@@ -495,6 +495,26 @@ def _main(argv: Sequence[str] | None) -> int:
         where = f"{one_line(name, PATH_CHARS)}: " if name else ""
         print(f"soc: error: {where}{exc.strerror or _error_line(exc)}", file=sys.stderr)
         return 2
+
+
+@contextlib.contextmanager
+def _terminate_cleanly() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C (workers stopped, temporaries removed) and exits 143."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(143)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _hint(exc: SocError) -> str:

@@ -130,9 +130,9 @@ class SerialExecutor:
             yield run_point(task)
 
 
-def _worker_init() -> None:
+def _worker_init(driver: int | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle; it stops the workers
-    _watch_parent(os.getppid())
+    _watch_parent(driver if driver is not None else os.getppid())
 
 
 def _watch_parent(parent: int) -> None:
@@ -141,10 +141,9 @@ def _watch_parent(parent: int) -> None:
     import threading
 
     def watch() -> None:
-        while True:
+        while os.getppid() == parent:  # the driver's pid is passed in: it may be gone before this starts
             time.sleep(0.5)
-            if os.getppid() != parent:
-                os._exit(1)
+        os._exit(1)
 
     threading.Thread(target=watch, name="soc-parent-watch", daemon=True).start()
 
@@ -178,7 +177,7 @@ class ProcessExecutor:
 
     def _pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_worker_init)
+                                   initializer=_worker_init, initargs=(os.getpid(),))
 
     def run(self, tasks: Iterable[Task]) -> Iterator[Outcome]:
         suspects: deque[Task] = deque()  # in flight when a worker died: rerun alone
