@@ -189,11 +189,11 @@ def _register(sub) -> None:
     p.add_argument("--seed", type=_nonneg_int_arg, default=None, help=SEED_HELP)
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--target-kept", type=_fraction_arg, metavar="F",
-                       help="kept fraction per layer, in (0, 1]")
+                       help="kept fraction per layer, in (0, 1] (one target is required)")
     group.add_argument("--target-mass", type=_fraction_arg, metavar="F",
-                       help="softmax mass kept per layer, in (0, 1]")
+                       help="softmax mass kept per layer, in (0, 1] (one target is required)")
     group.add_argument("--target-err", type=_error_arg, metavar="E",
-                       help="output relative error per layer, a finite number >= 0")
+                       help="output relative error per layer, a finite number >= 0 (one target is required)")
     p.add_argument("--out", default=None, metavar="PATH.yaml",
                    help="write the calibrated config here (default: print only); never the base or a file it "
                         "extends")

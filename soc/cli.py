@@ -319,14 +319,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = add_parser(sub, "run", help="simulate one trace on one SoC config and write report.json",
                    description="Simulate one trace on one SoC config; print a summary, write DIR/report.json.")
-    r.add_argument("--config", default="hybrid65nm", type=_path_text, help=CONFIG_HELP)
+    r.add_argument("--config", default="hybrid65nm", type=_path_text, help=CONFIG_HELP + " (default: hybrid65nm)")
     r.add_argument("--trace", default=None, type=_path_text,
                    help="workload trace: a .npz file, a trace directory or a bundled name (e.g. "
                         "smollm2-135m-bread) (default: traces/minilm-l6-lighthouse.npz)")
     r.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config value, e.g. pruning.rule=margin (repeatable; default: none)")
     r.add_argument("--out", default="out", type=_path_text, metavar="DIR",
-                   help="output directory; report.json is written inside it")
+                   help="output directory; report.json is written inside it (default: out)")
     r.add_argument("--timeline", default=None, metavar="PATH",
                    help="write a timeline: PATH.json (Chrome trace) or PATH.pftrace (Perfetto) (default: none)")
     r.add_argument("--plots", default=None, metavar="DIR", help="write PNG plots into DIR (default: none)")
@@ -362,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decode: prompt length in tokens (default: the workload's)")
     s.add_argument("--generate", type=_pos_int, default=None, metavar="G",
                    help="decode: generated tokens (default: the workload's)")
-    s.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the generator, an integer >= 0")
+    s.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the generator, an integer >= 0 (default: 0)")
     s.add_argument("--out", required=True, type=_path_text, metavar="PATH",
                    help="PATH.npz for one file, any other path for a trace directory")
     s.add_argument("--force", action="store_true", help="replace an existing trace (default: refuse)")
