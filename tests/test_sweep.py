@@ -381,3 +381,19 @@ def test_a_point_that_kills_its_worker_is_recorded_and_the_rest_finish(tmp_path,
     with pytest.raises(SocError, match="worker processes die before finishing any point; run with --executor "
                                       "serial to see why"):
         list(ex.run(always))
+
+
+def test_rows_are_identical_across_serial_processes_and_dask_at_one_blas_thread(tmp_path):
+    """One BLAS thread in every executor (the default): not merely close, the same rows, cell for cell."""
+    pytest.importorskip("distributed")
+    spec = load_sweep(write_sweep(tmp_path, traces=[TINY],
+                                  factors={"pruning.target_kept_fraction": [0.2, 0.5]}))
+    runs = {name: run_sweep(spec, tmp_path / name, executor=name, workers=2, plot=False, progress=None)
+            for name in ("serial", "processes", "dask")}
+    rows = {name: by_id(r.rows) for name, r in runs.items()}
+    assert all(r["status"] == "ok" for r in rows["serial"].values()) and len(rows["serial"]) == 2
+    for name in ("processes", "dask"):
+        assert rows[name].keys() == rows["serial"].keys()
+        for pid, row in rows["serial"].items():
+            assert {c: v for c, v in row.items() if c not in NONDETERMINISTIC} == \
+                   {c: v for c, v in rows[name][pid].items() if c not in NONDETERMINISTIC}, name
