@@ -153,8 +153,8 @@ def available_memory() -> int:
 
 
 # the functional pass holds a few (seq_q x seq_len) arrays of one head at a time: scores, approximate scores,
-# probabilities (float32) and masks (bool); 4 float32 + 2 bool planes is what it peaks at
-BYTES_PER_PAIR = 18
+# probabilities (float32) and masks (bool): README "Limits" measures about 20 bytes a pair
+BYTES_PER_PAIR = 20
 
 
 def check_replay_memory(trace: Any) -> None:
