@@ -389,6 +389,11 @@ def test_traces_are_created_exclusively_and_stale_temporaries_cleaned(tmp_path):
                       "--out", str(out)], names=("--force",))
 
 
+def test_errors_found_while_building_the_soc_name_the_config_and_overrides():
+    check("--set", ["run", "--trace", str(TINY), "--set", "sram.bank_bytes=90"],
+          names=("hybrid65nm with --set sram.bank_bytes: sram:",))
+
+
 def test_argparse_errors_are_one_line():
     for argv in (["run", "--nope"], ["trace"], [], ["sweep"], ["trace", "synth"], ["compare"]):
         check("commands", argv, names=("error:",))
