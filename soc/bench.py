@@ -96,10 +96,10 @@ def _simulate(cfg: Any, trace: Any) -> dict[str, float]:
     loop_cpu: list[float] = []
     run = System.run
 
-    def timed_run(self, chunks):  # the event loop's own CPU time (System.run: timing table + SimPy)
+    def timed_run(self, *args, **kwargs):  # the event loop's own CPU time (System.run: timing table + SimPy)
         t = time.process_time()
         try:
-            return run(self, chunks)
+            return run(self, *args, **kwargs)
         finally:
             loop_cpu.append(time.process_time() - t)
 
@@ -270,14 +270,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 @extra_command
 def _register(sub) -> None:
-    p = sub.add_parser("bench", help="speed benchmark, as ratios against SimPy and numpy floors")
-    p.add_argument("--workload", default="bert-base")
-    p.add_argument("--seq-len", type=int, default=512)
-    p.add_argument("--layers", type=int, default=None)
-    p.add_argument("--config", default="configs/hybrid65nm.yaml")
-    p.add_argument("--repeats", type=int, default=3, help="interleaved repeats; the median is reported")
-    p.add_argument("--quick", action="store_true", help="short curve (seq <= 2048) and a one-head Llama layer")
-    p.add_argument("--out", default="benchmarks/results/bench.json",
+    from soc.cli import CONFIG_HELP, _pos_int, add_parser
+
+    p = add_parser(sub, "bench", help="speed benchmark, as ratios against SimPy and numpy floors",
+                   description="Speed of the simulator on a synthetic workload, as ratios against floors "
+                               "measured in the same process (interleaved, median of --repeats).")
+    p.add_argument("--workload", default="bert-base", metavar="NAME",
+                   help="workload shape from workloads/NAME.yaml (default: bert-base)")
+    p.add_argument("--seq-len", type=_pos_int, default=512, metavar="N",
+                   help="sequence length in tokens (default: 512)")
+    p.add_argument("--layers", type=_pos_int, default=None, metavar="N",
+                   help="first N layers of the workload (default: all)")
+    p.add_argument("--config", default="hybrid65nm", help=CONFIG_HELP + " (default: hybrid65nm)")
+    p.add_argument("--repeats", type=_pos_int, default=3, metavar="N",
+                   help="interleaved repeats; the median is reported (default: 3)")
+    p.add_argument("--quick", action="store_true",
+                   help="short curve (seq <= 2048) and a one-head Llama layer (default: the full set)")
+    p.add_argument("--out", default="benchmarks/results/bench.json", metavar="PATH.json",
                    help="JSON (and .txt) of the figures (default: benchmarks/results/bench.json; '' for none)")
     p.set_defaults(func=cmd_bench)
 

@@ -175,6 +175,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     from soc.simulate import calibration_trace_path
 
+    _check_out(args)
     cfg = load_config(args.config, args.set or [])
     trace = load_trace(calibration_trace_path(args.trace), mmap=True)
     if args.rule == "threshold":
@@ -201,20 +202,76 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _nonneg_int_arg(text: str) -> int:
+    from soc.cli import _nonneg_int
+    return _nonneg_int(text)
+
+
+def _fraction_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 1:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
+
+
+def _error_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def _check_out(args: argparse.Namespace) -> None:
+    """The output must not be the base config or a file it extends: it would extend itself."""
+    if not args.out:
+        return
+    from soc.cli import _short
+    from soc.config.loader import config_chain
+
+    out = Path(args.out)
+    if out.suffix.lower() not in (".yaml", ".yml"):
+        raise ConfigError(f"--out {_short(out)}: expected a .yaml file name for the calibrated config")
+    if out.is_dir():
+        raise ConfigError(f"--out {_short(out)}: is a directory; expected a .yaml file name")
+    target = out.resolve()
+    if target in config_chain(args.config):
+        raise ConfigError(f"--out {_short(out)}: is {args.config} or a config it extends; the calibrated "
+                          f"config extends it, so write it elsewhere")
+
+
 @extra_command
 def _register(sub) -> None:
-    p = sub.add_parser("calibrate", help="per-layer margins for a target kept fraction or accuracy")
-    p.add_argument("--config", default="configs/hybrid65nm.yaml")
-    p.add_argument("--trace", required=True, help="calibration trace (path or bundled name)")
+    from soc.cli import CONFIG_HELP, SEED_HELP, _path_text, add_parser
+
+    p = add_parser(sub, "calibrate", help="per-layer margins or per-head thresholds for a target",
+                   description="Per-layer pruning margins (or per-head comparator references) that meet a target "
+                               "on a trace; prints (and writes) a config that extends the base.")
+    p.add_argument("--config", default="hybrid65nm", type=_path_text, help=CONFIG_HELP + " (default: hybrid65nm)")
+    p.add_argument("--trace", required=True, type=_path_text,
+                   help="trace to calibrate on: a path or a bundled trace name")
     p.add_argument("--rule", choices=("margin", "threshold"), default="margin",
-                   help="margin: per-layer margins; threshold: fixed per-head comparator references")
-    p.add_argument("--evaluate", default=None, metavar="TRACE",
-                   help="also measure the calibrated config on this held-out trace (path or bundled name)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE")
-    p.add_argument("--seed", type=int, default=None)
+                   help="margin: per-layer margins; threshold: fixed per-head comparator references "
+                        "(default: margin)")
+    p.add_argument("--evaluate", default=None, metavar="TRACE", type=_path_text,
+                   help="also measure the calibrated config on this held-out trace (path or bundled name; "
+                        "default: none)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config value (repeatable; default: none)")
+    p.add_argument("--seed", type=_nonneg_int_arg, default=None, help=SEED_HELP)
     group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--target-kept", type=float, help="kept fraction per layer, in (0, 1]")
-    group.add_argument("--target-mass", type=float, help="softmax mass kept per layer, in (0, 1]")
-    group.add_argument("--target-err", type=float, help="output relative error per layer, >= 0")
-    p.add_argument("--out", default=None, help="write the calibrated config here")
+    group.add_argument("--target-kept", type=_fraction_arg, metavar="F",
+                       help="kept fraction per layer, in (0, 1] (one target is required)")
+    group.add_argument("--target-mass", type=_fraction_arg, metavar="F",
+                       help="softmax mass kept per layer, in (0, 1] (one target is required)")
+    group.add_argument("--target-err", type=_error_arg, metavar="E",
+                       help="output relative error per layer, a finite number >= 0 (one target is required)")
+    p.add_argument("--out", default=None, metavar="PATH.yaml",
+                   help="write the calibrated config here (default: print only); never the base or a file it "
+                        "extends")
     p.set_defaults(func=cmd_calibrate)

@@ -226,8 +226,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from soc.config import load_config
     from soc.trace import load_trace
 
+    from soc.cli import output_dir, trace_path as bundled_trace
+
+    output_dir(args.out)
     cfgs = [load_config(c, args.set or []) for c in args.configs]  # all configs checked before any run
-    trace_path = args.trace or default_trace()
+    trace_path = bundled_trace(args.trace) if args.trace else default_trace()
     trace = load_trace(trace_path, mmap=True)
     m = trace.meta
     desc = (f"{m.model} ({Path(str(trace_path)).name}), {m.layers} layers x {m.heads} heads, "
@@ -249,11 +252,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 @extra_command
 def add_compare_command(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compare", help="run several SoC configs on one trace; write compare.csv/.md/.png")
+    from soc.cli import _nonneg_int, _path_text, add_parser
+
+    p = add_parser(sub, "compare", help="run several SoC configs on one trace; write compare.csv/.md/.png",
+                   description="Run several SoC configs on one trace; write DIR/compare.csv, .md and .png.")
     p.add_argument("configs", nargs="+", metavar="CONFIG", help="SoC config YAML files or bundled names")
-    p.add_argument("--trace", default=None, help="workload trace (default: a bundled real trace)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override applied to every config")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--seed", type=int, default=None, help="seed of the analog noise (default: each config's)")
-    p.add_argument("--no-plot", action="store_true", help="skip compare.png")
+    p.add_argument("--trace", default=None, type=_path_text,
+                   help="workload trace or bundled trace name (default: traces/minilm-l6-lighthouse.npz)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override applied to every config (repeatable; default: none)")
+    p.add_argument("--out", required=True, type=_path_text, metavar="DIR", help="output directory")
+    p.add_argument("--seed", type=_nonneg_int, default=None,
+                   help="seed of the analog noise, an integer >= 0 (default: each config's)")
+    p.add_argument("--no-plot", action="store_true", help="skip compare.png (default: draw it)")
     p.set_defaults(func=cmd_compare)

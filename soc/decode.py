@@ -171,16 +171,19 @@ def run_decode(cfg: SocConfig, trace, *, batch: int = 1, steps: int | None = Non
             per_step.append(_step_row(t, P, res))
             last = res
             bar.advance()
-    report = last["hybrid"]
-    report["decode"] = _decode_section(cfg, layout, sequences, prefill, per_step, last)
+    section = _decode_section(cfg, layout, sequences, prefill, per_step, last)
     if model_accuracy:
         from soc.decode_accuracy import decode_model_accuracy
 
         acc = decode_model_accuracy(trace, layout, cfg, prefill["func"] if prefill else None)
         if acc is not None:
-            report["decode"]["accuracy"]["model"] = acc
-    report["sim"]["wall_s"] = time.perf_counter() - wall0
-    return report
+            section["accuracy"]["model"] = acc
+    # the last step's report, with the workload of the whole decode (P prompt + G generated) and its wall time
+    step = last["hybrid"]
+    workload = {**step["workload"], "seq_len": P + n_steps, "seq_q": n_steps,
+                "trace": getattr(trace, "path", None)}
+    return {**step, "workload": workload, "decode": section,
+            "sim": {**step["sim"], "wall_s": time.perf_counter() - wall0}}
 
 
 def _step_row(t: int, prompt: int, res: dict) -> dict:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from soc.cli import default_trace, extra_command
+from soc.cli import extra_command
 from soc.errors import ConfigError
 
 #: report values collected per chip: (name, path into report.json)
@@ -86,7 +86,9 @@ def cmd_montecarlo(args: argparse.Namespace) -> int:
     from soc.trace import load_trace
 
     cfg = load_config(args.config, args.set or [])
-    trace = load_trace(args.trace or default_trace(), mmap=True)
+    from soc.cli import trace_path
+
+    trace = load_trace(trace_path(args.trace), mmap=True)
     result = monte_carlo(cfg, trace, chips=args.chips, first_chip=args.first_chip,
                          model_accuracy=not args.no_model)
     print(summary_text(result))
@@ -98,12 +100,21 @@ def cmd_montecarlo(args: argparse.Namespace) -> int:
 
 @extra_command
 def _register(sub) -> None:
-    p = sub.add_parser("montecarlo", help="metrics over N chip instances (fixed pattern + noise): mean/p5/p95")
-    p.add_argument("--config", default="configs/hybrid65nm.yaml")
-    p.add_argument("--trace", default=None, help="workload trace (default: a bundled real trace)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE")
-    p.add_argument("--chips", type=int, default=8, help="chip instances (default 8)")
-    p.add_argument("--first-chip", type=int, default=0, help="chip_seed of the first instance")
-    p.add_argument("--no-model", action="store_true", help="skip the real model's re-run (no task metric)")
-    p.add_argument("--out", default=None, help="write the per-chip values and bands as JSON here")
+    from soc.cli import CONFIG_HELP, _nonneg_int, _path_text, _pos_int, add_parser
+
+    p = add_parser(sub, "montecarlo", help="metrics over N chip instances (fixed pattern + noise): mean/p5/p95",
+                   description="Replay one trace on N chip instances (chip_seed first..first+N-1, each with its "
+                               "own evaluation seed) and report the band of kept fraction, error and task metric.")
+    p.add_argument("--config", default="hybrid65nm", type=_path_text, help=CONFIG_HELP + " (default: hybrid65nm)")
+    p.add_argument("--trace", default=None, type=_path_text,
+                   help="workload trace, a path or a bundled name (default: the bundled MiniLM trace)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config value (repeatable; default: none)")
+    p.add_argument("--chips", type=_pos_int, default=8, metavar="N", help="chip instances (default: 8)")
+    p.add_argument("--first-chip", type=_nonneg_int, default=0, metavar="SEED",
+                   help="chip_seed of the first instance, an integer >= 0 (default: 0)")
+    p.add_argument("--no-model", action="store_true",
+                   help="skip the real model's re-run (no task metric; default: re-run it)")
+    p.add_argument("--out", default=None, type=_path_text, metavar="PATH.json",
+                   help="write the per-chip values and bands as JSON here (default: print only)")
     p.set_defaults(func=cmd_montecarlo)

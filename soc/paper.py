@@ -263,8 +263,14 @@ def cmd_paper(args: argparse.Namespace) -> int:
 
 @extra_command
 def _register(sub) -> None:
-    p = sub.add_parser("paper", help="the paper's figures: calibration of the analog core, then the SoC predicted")
-    p.add_argument("--config", default="configs/hybrid65nm.yaml")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
-    p.add_argument("--no-baselines", action="store_true", help="skip the decoder-trace baseline comparison")
+    from soc.cli import CONFIG_HELP, add_parser
+
+    p = add_parser(sub, "paper", help="the paper's figures: calibration of the analog core, then the SoC predicted",
+                   description="The paper's published figures: the analog core's unknowns calibrated to its two "
+                               "figures, then the SoC's figures predicted with nothing fitted (bundled data only).")
+    p.add_argument("--config", default="hybrid65nm", help=CONFIG_HELP + " (default: hybrid65nm)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config value (repeatable; default: none)")
+    p.add_argument("--no-baselines", action="store_true",
+                   help="skip the decoder-trace baseline comparison (default: include it)")
     p.set_defaults(func=cmd_paper)

@@ -56,16 +56,36 @@ def default_window(tl) -> tuple[float, float]:
     return lo, lo + (hi - lo) / 50 if hi > lo else lo + 1.0
 
 
+# distinct hues first (tab20 pairs a dark and a light shade of one hue: neighbours looked alike)
+_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+            "#17becf", "#000000", "#ffd700", "#00ff7f", "#8b0000", "#4682b4", "#ff1493")
+
+
+def _merge_identical(tl, rows: list[str], inside: np.ndarray) -> list[tuple[str, int]]:
+    """(row label, track index), with the rows of one block whose spans are identical merged into one (eight
+    SRAM banks striped alike: `sram.bank0 .. sram.bank7 (8 identical)`)."""
+    groups: dict[tuple[str, bytes], list[str]] = {}
+    for name in rows:
+        sel = inside & (tl.track == tl.tracks.index(name))
+        spans = np.concatenate([tl.start_ns[sel], tl.end_ns[sel], tl.label[sel].astype(float)]).tobytes()
+        groups.setdefault((name.split(".", 1)[0], spans), []).append(name)
+    out = []
+    for names in groups.values():
+        label = names[0] if len(names) == 1 else f"{names[0]} .. {names[-1]} ({len(names)} identical)"
+        out.append((label, tl.tracks.index(names[0])))
+    return out
+
+
 def plot_gantt(tl, path: str | os.PathLike[str], window_ns: tuple[float, float] | None = None) -> Path:
     plt = require_matplotlib()
     lo, hi = window_ns or default_window(tl)
     inside = (tl.end_ns >= lo) & (tl.start_ns <= hi)
-    rows = [t for i, t in enumerate(tl.tracks) if (inside & (tl.track == i)).any()]
-    cmap = plt.get_cmap("tab20")
-    colours = {lab: cmap(i % 20) for i, lab in enumerate(tl.labels)}
+    merged = _merge_identical(tl, [t for i, t in enumerate(tl.tracks) if (inside & (tl.track == i)).any()], inside)
+    rows = [label for label, _ in merged]
+    colours = {lab: _PALETTE[i % len(_PALETTE)] for i, lab in enumerate(tl.labels)}
     fig, ax = plt.subplots(figsize=(12, 0.38 * len(rows) + 1.6))
-    for r, name in enumerate(reversed(rows)):
-        sel = inside & (tl.track == tl.tracks.index(name))
+    for r, (name, track) in enumerate(reversed(merged)):
+        sel = inside & (tl.track == track)
         s, e, lab = tl.start_ns[sel], tl.end_ns[sel], tl.label[sel]
         for li in np.unique(lab):
             m = lab == li
@@ -73,7 +93,7 @@ def plot_gantt(tl, path: str | os.PathLike[str], window_ns: tuple[float, float] 
                            facecolors=colours[tl.labels[li]], edgecolor="none")
     ax.set_yticks(range(len(rows)), list(reversed(rows)), fontsize=8)
     ax.set_xlim(0, (hi - lo) / 1e3)
-    ax.set_xlabel(f"time from {lo / 1e3:,.2f} us (us)")
+    ax.set_xlabel(f"simulated time in the window (us; the window starts {lo / 1e3:,.2f} us into the run)")
     present = sorted({tl.labels[i] for i in np.unique(tl.label[inside])})
     handles = [plt.Rectangle((0, 0), 1, 1, color=colours[lab]) for lab in present]
     ax.legend(handles, present, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, title="activity")
@@ -120,7 +140,7 @@ def plot_occupancy(tl, report: dict, path: str | os.PathLike[str]) -> Path:
     ax.set_ylim(-0.3, depth + 0.8)
     ax.set_xlabel("time (us)")
     ax.set_ylabel("entries")
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)  # outside: the data fill the axes
     ax.set_title("Token buffer occupancy: full = CIM waits (back-pressure); empty = digital side starves")
     return _save(fig, Path(path))
 
@@ -148,12 +168,16 @@ def plot_kept_heatmap(result, path: str | os.PathLike[str]) -> Path:
     ax.set_xticks(range(w["heads"]))
     ax.set_yticks(range(w["layers"]))
     fig.colorbar(im, ax=ax, label="kept fraction of pairs")
-    ax.set_title(f"Kept by the CIM: {result.report['pruning']['kept_fraction']:.1%} of pairs overall "
-                 f"(rule {result.report['pruning']['rule']})", fontsize=9)
+    title = (f"Kept by the CIM: {result.report['pruning']['kept_fraction']:.1%} of pairs overall "
+             f"(rule {result.report['pruning']['rule']})")
+    if np.isfinite(frac).any() and float(np.nanmax(frac) - np.nanmin(frac)) < 0.02:
+        title += ("\nflat: this rule is calibrated to one kept fraction in every layer and head; "
+                  "--set pruning.rule=margin shows how layers differ")
+    ax.set_title(title, fontsize=9)
     return _save(fig, Path(path))
 
 
-def plot_dram_energy(tl, path: str | os.PathLike[str]) -> Path | None:
+def plot_dram_energy(tl, path: str | os.PathLike[str], peak_gb_per_s: float | None = None) -> Path | None:
     plt = require_matplotlib()
     bw = [c for c in tl.counters if c.name.endswith(".bandwidth")]
     energy = [c for c in tl.counters if c.name == "energy.cumulative"]
@@ -162,14 +186,16 @@ def plot_dram_energy(tl, path: str | os.PathLike[str]) -> Path | None:
     fig, ax = plt.subplots(figsize=(10, 3.2))
     for c in bw:
         ax.step(c.t_ns / 1e3, c.value, where="post", lw=0.8, label=f"{c.name} (GB/s)")
+    if peak_gb_per_s:
+        ax.axhline(peak_gb_per_s, color="tab:red", ls="--", lw=1, label=f"peak {peak_gb_per_s:g} GB/s")
     ax.set_xlabel("time (us)")
     ax.set_ylabel("GB/s")
     if energy:
         ax2 = ax.twinx()
         ax2.plot(energy[0].t_ns / 1e3, energy[0].value, color="tab:orange", label="cumulative energy (uJ)")
         ax2.set_ylabel("uJ")
-        ax2.legend(loc="lower right", fontsize=8)
-    ax.legend(loc="upper left", fontsize=8)
+        ax2.legend(loc="upper left", bbox_to_anchor=(1.08, 0.75), fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.08, 1.0), fontsize=8)  # outside the axes: no data hidden
     ax.set_title("DRAM bandwidth and cumulative energy")
     return _save(fig, Path(path))
 
@@ -183,7 +209,8 @@ def write_plots(out_dir: str | os.PathLike[str], result, tl=None,
     if tl is not None:
         written.append(plot_gantt(tl, out / "gantt.png", window_ns))
         written.append(plot_occupancy(tl, result.report, out / "token_buffer.png"))
-        extra = plot_dram_energy(tl, out / "dram_energy.png")
+        extra = plot_dram_energy(tl, out / "dram_energy.png",
+                                 peak_gb_per_s=result.report["config"].get("dram", {}).get("bandwidth_gb_per_s"))
         if extra is not None:
             written.append(extra)
     return written

@@ -173,12 +173,16 @@ def build_report(result: "Result") -> dict[str, Any]:
     }
 
 
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{n:.0f} B"
-        n /= 1024
-    return f"{n:.1f} GB"
+def fmt_bytes(n: float) -> str:
+    """Bytes in SI units (1 MB = 10^6 bytes), the one convention of every face (summary, compare, synth)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= scale:
+            v = n / scale
+            return f"{v:.2f} {unit}" if abs(v) < 10 else f"{v:.1f} {unit}" if abs(v) < 100 else f"{v:,.0f} {unit}"
+    return f"{n:.0f} B"
+
+
+_fmt_bytes = fmt_bytes
 
 
 def _model_line(m: dict[str, Any] | None) -> list[str]:
@@ -194,6 +198,17 @@ def _model_line(m: dict[str, Any] | None) -> list[str]:
     return [f"  real model     {what} ({m['model']} re-run with this pruning in every layer)"]
 
 
+def _workload_text(w: dict[str, Any]) -> str:
+    """What runs, as the trace says: synthetic or captured, prefill or decode (prompt + generated)."""
+    layers = f"{w['layers']} layer{'s' if w['layers'] != 1 else ''}"
+    seq_q = w.get("seq_q", w["seq_len"])
+    seq = (f"seq {w['seq_len']}" if seq_q == w["seq_len"]
+           else f"decode: {w['seq_len'] - seq_q} prompt + {seq_q} generated tokens")
+    kind = "synthetic " if w.get("source") == "synthetic" else ""
+    return (f"{kind}{w['model']} ({layers} x {w['heads']} heads, {seq}, head_dim {w['head_dim']}"
+            f"{', causal' if w['causal'] else ''})")
+
+
 def summary_text(r: dict[str, Any]) -> str:
     """A terminal summary a person reads in ten seconds."""
     w, t, p, a, tr, e = r["workload"], r["time"], r["pruning"], r["accuracy"], r["traffic"], r["energy"]
@@ -202,8 +217,7 @@ def summary_text(r: dict[str, Any]) -> str:
     f = lambda x, fmt: "n/a" if x is None else format(x, fmt)  # noqa: E731
     cim_ops = r["throughput"]["ops"]["cim"] > 0
     lines = [
-        f"soc: {r['config']['name']} on {w['model']} ({w['layers']} layers x {w['heads']} heads, "
-        f"seq {w['seq_len']}, head_dim {w['head_dim']}{', causal' if w['causal'] else ''})",
+        f"soc: {r['config']['name']} on {_workload_text(w)}",
         f"  latency        {t['latency_ns'] / 1e3:,.1f} us ({t['cycles']:,} cycles at {t['clock_ghz']} GHz)",
         f"  throughput     {r['throughput']['effective_gops']:,.1f} effective GOPS "
         f"({r['throughput']['gops']:,.1f} GOPS performed), {r['throughput']['queries_per_s']:,.0f} query rows/s",

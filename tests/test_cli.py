@@ -107,3 +107,65 @@ def test_a_stall_is_detected_and_names_who_waits(paper_cfg, small_trace, monkeyp
     monkeypatch.setattr(System, "_fetch_stage", broken_fetch)
     with pytest.raises(SimulationStalled, match=r"digital0 waits for K/V buffer \(empty\)"):
         simulate(paper_cfg, small_trace)
+
+
+def test_version_and_every_option_has_help_with_its_default_or_is_required():
+    import argparse
+
+    import soc
+    from soc.cli import _load_extras, build_parser
+
+    assert run_cli("--version").stdout.strip() == f"soc {soc.__version__}"
+    _load_extras()
+    missing = []
+
+    def walk(parser: argparse.ArgumentParser, name: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub_name, sub in action.choices.items():
+                    walk(sub, f"{name} {sub_name}")
+                continue
+            if isinstance(action, (argparse._HelpAction, argparse._VersionAction)) or not action.option_strings:
+                continue
+            text = action.help or ""
+            flag = isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
+            if not text or not (flag or action.required or "default" in text or "required" in text
+                                or action.choices):
+                missing.append(f"{name} {action.option_strings[0]}")
+    walk(build_parser(), "soc")
+    assert not missing, missing
+
+
+def test_bundled_names_work_from_any_directory(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env_run = lambda *a: subprocess.run([sys.executable, "-m", "soc", *a], cwd=elsewhere, capture_output=True,  # noqa: E731
+                                        text=True, timeout=300, env={**__import__("os").environ,
+                                                                     "PYTHONPATH": str(ROOT)})
+    for args in (["run", "--config", "dense-digital", "--trace", "synth-tiny", "--out", "a"],
+                 ["run", "--config", "configs/hybrid65nm.yaml", "--trace", "traces/synth-tiny.npz", "--out", "b"]):
+        proc = env_run(*args)
+        assert proc.returncode == 0, proc.stderr
+        report = json.loads((elsewhere / args[-1] / "report.json").read_text())
+        assert report["workload"]["seq_len"] == 64 and report["config"]["name"] in ("dense-digital", "hybrid65nm")
+    info = env_run("trace", "info", "minilm-l6-lighthouse")
+    assert info.returncode == 0 and json.loads(info.stdout)["meta"]["tokens"] == 207
+    # token ids on one line, not one per line
+    assert sum(1 for line in info.stdout.splitlines() if line.strip().rstrip(",").isdigit()) == 0
+    paper = env_run("paper", "--no-baselines")
+    assert paper.returncode == 0, paper.stderr
+    from soc.sweep import load_sweep
+    assert load_sweep("paper-pruning").base == str(ROOT / "configs" / "hybrid65nm.yaml")
+
+
+def test_header_flags_synthetic_and_decode_traces(tmp_path):
+    from soc.report import _workload_text, fmt_bytes
+
+    out = tmp_path / "d.npz"
+    assert main(["trace", "synth", "--workload", "smollm2-135m", "--mode", "decode", "--prompt", "64",
+                 "--generate", "16", "--layers", "1", "--out", str(out)]) == 0
+    assert main(["run", "--trace", str(out), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert _workload_text(report["workload"]).startswith(
+        "synthetic smollm2-135m (1 layer x 9 heads, decode: 64 prompt + 16 generated tokens")
+    assert [fmt_bytes(n) for n in (6_279_296, 999, 13_600_000, 2.5e9)] == ["6.28 MB", "999 B", "13.6 MB", "2.50 GB"]

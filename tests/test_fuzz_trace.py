@@ -25,6 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from soc.cli import trace_budget
 from soc.errors import TraceError
 from soc.trace import FORMAT, Trace, load_trace, save_trace, trace_info
 from support import cli_one_line as _cli_one_line
@@ -105,7 +106,7 @@ def check_trace(path: Path, mmap: bool) -> Trace | None:
         _refusals["n"] += 1
         if _refusals["n"] % 10 == 0:
             try:  # the CLI loads with mmap=True and a larger budget: compare only if that refuses too
-                load_trace(path, mmap=True)
+                load_trace(path, mmap=True, max_bytes=trace_budget())
             except TraceError as again:
                 line = _cli_one_line(["run", "--trace", str(path), "--out", str(path.parent / "out")])
                 assert line == f"soc: error: {again}"

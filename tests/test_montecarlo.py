@@ -43,4 +43,6 @@ def test_cli_writes_the_bands(tmp_path, small_trace):
     assert main(["montecarlo", "--trace", str(path), "--chips", "2", "--no-model", "--out", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["chips"] == 2 and len(data["per_chip"]) == 2 and "kept_fraction" in data["bands"]
-    assert main(["montecarlo", "--trace", str(path), "--chips", "0", "--no-model"]) == 2
+    with pytest.raises(SystemExit) as refused:  # argparse refuses it: one line, exit 2
+        main(["montecarlo", "--trace", str(path), "--chips", "0", "--no-model"])
+    assert refused.value.code == 2

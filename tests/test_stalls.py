@@ -26,6 +26,7 @@ from soc.hw.token_buffer import TokenBuffer
 from soc.simulate import shape_of, simulate
 from soc.system import System
 from soc.trace import load_trace
+from soc.cli import _hint, config_name
 from support import cli_one_line as cli_error
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,7 +100,9 @@ def test_impossible_socs_are_refused_when_built(tmp_path, trace, monkeypatch, la
     out = tmp_path / "out"
     line = cli_error(["run", "--config", str(path), *(f"--set={o}" for o in overrides), "--trace", str(TRACE),
                       "--out", str(out)])
-    assert line == f"soc: error: {info.value}"
+    # the CLI names the config (and overrides) the error came from: blocks know their key, not the file
+    named = type(info.value)(f"{config_name(str(path), list(overrides))}: {info.value}")
+    assert line == f"soc: error: {_hint(named)}"  # with the topology hint where a link is missing
     assert not (out / "report.json").exists()
 
 
@@ -116,7 +119,7 @@ def test_sram_too_small_for_a_resident_head(tmp_path, small_trace):
     assert System(load_config(PAPER, ["dataflow.kv_placement=auto", *over[1:]]), shape_of(small_trace))
     path = save_trace(tmp_path / "t.npz", small_trace.q, small_trace.k, small_trace.v, small_trace.meta)
     line = cli_error(["run", *(f"--set={o}" for o in over), "--trace", str(path), "--out", str(tmp_path)])
-    assert line == f"soc: error: {message}"
+    assert line == f"soc: error: {config_name(None, over)}: {message}"
 
 
 def test_the_working_socs_next_to_the_refused_ones_do_run(tmp_path, trace):

@@ -118,7 +118,9 @@ def test_override_text_round_trips_through_the_config_parser(value):
      r".*expected an integer in \[1, 4096\], got 0"),
     ({"factors": {"dataflow.q_tile_rowz": [16]}},
      r"factors\.dataflow\.q_tile_rowz\[0\]: 16 is not a valid value"),
-    ({"factors": {"dataflow.q_tile_rows": [16, 16]}}, r"factors: the point .* appears twice"),
+    ({"factors": {"dataflow.q_tile_rows": [16, 16]}},
+     r"factors.dataflow.q_tile_rows\[1\]: 16 repeats the value at index 0"),
+    ({"factors": {"dataflow.q_tile_rows": [1, 1.0]}}, r"q_tile_rows\[1\]: 1.0 repeats the value at index 0"),
     ({"mode": "zip", "factors": {"dataflow.q_tile_rows": [16, 32], "pruning.margin": [1.0]}},
      r"mode zip needs value lists of one length, got dataflow\.q_tile_rows: 2, pruning\.margin: 1"),
     ({"seed": -1}, r"s\.yaml: seed: expected an integer >= 0, got -1"),
@@ -379,3 +381,19 @@ def test_a_point_that_kills_its_worker_is_recorded_and_the_rest_finish(tmp_path,
     with pytest.raises(SocError, match="worker processes die before finishing any point; run with --executor "
                                       "serial to see why"):
         list(ex.run(always))
+
+
+def test_rows_are_identical_across_serial_processes_and_dask_at_one_blas_thread(tmp_path):
+    """One BLAS thread in every executor (the default): not merely close, the same rows, cell for cell."""
+    pytest.importorskip("distributed")
+    spec = load_sweep(write_sweep(tmp_path, traces=[TINY],
+                                  factors={"pruning.target_kept_fraction": [0.2, 0.5]}))
+    runs = {name: run_sweep(spec, tmp_path / name, executor=name, workers=2, plot=False, progress=None)
+            for name in ("serial", "processes", "dask")}
+    rows = {name: by_id(r.rows) for name, r in runs.items()}
+    assert all(r["status"] == "ok" for r in rows["serial"].values()) and len(rows["serial"]) == 2
+    for name in ("processes", "dask"):
+        assert rows[name].keys() == rows["serial"].keys()
+        for pid, row in rows["serial"].items():
+            assert {c: v for c, v in row.items() if c not in NONDETERMINISTIC} == \
+                   {c: v for c, v in rows[name][pid].items() if c not in NONDETERMINISTIC}, name

@@ -150,7 +150,7 @@ def test_save_leaves_no_temporaries_and_replaces_only_on_success(tmp_path, monke
     monkeypatch.undo()
     assert target.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["t.npz"]
-    with pytest.raises(TraceError, match="already exists"):
+    with pytest.raises(TraceError, match="a trace exists"):
         save_trace(target, q, k, v, _meta(), overwrite=False)
 
 
@@ -365,3 +365,31 @@ def test_garbage_npy_header(tmp_path):
     _write_npz(tmp_path / "g.npz", members)
     with pytest.raises(TraceError, match="k: not a valid .npy header"):
         load_trace(tmp_path / "g.npz")
+
+
+def test_mapped_load_scans_through_the_file_without_faulting_the_mapping_in(tmp_path):
+    """The CRC and NaN/Inf scan of a memory-mapped trace reads 1 MiB at a time through the file: resident
+    memory grows by far less than the trace (a scan of the mapping would fault every page in)."""
+    def rss() -> int:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmRSS:"))
+
+    a = np.zeros((1, 4, 4096, 1024), np.float16)  # 32 MiB per array, 96 MiB in all
+    meta = {"model": "toy", "source": "synthetic", "causal": False, "layers": 1, "heads": 4, "kv_heads": 4,
+            "seq_len": 4096, "head_dim": 1024}
+    paths = [save_trace(tmp_path / "t.npz", a, a, a, meta), save_trace(tmp_path / "tdir", a, a, a, meta)]
+    del a
+    bad = np.zeros((1, 4, 4096, 1024), np.float16)
+    save_trace_unchecked = tmp_path / "bad"
+    save_trace(save_trace_unchecked, bad, bad, bad, meta)
+    bad[0, 3, 4095, 1023] = np.inf  # the very last value: the whole array is scanned
+    np.save(save_trace_unchecked / "q.npy", bad)  # no check on this write: the loader must find it
+    del bad
+    for path in paths:
+        before = rss()
+        trace = load_trace(path, mmap=True)
+        assert rss() - before < 24 * 2**20, path
+        assert isinstance(trace.q, np.memmap)
+    with pytest.raises(TraceError, match=r"q: non-finite value inf at \[layer, head, position, dim\] = "
+                                         r"\[0, 3, 4095, 1023\]"):
+        load_trace(save_trace_unchecked, mmap=True)

@@ -42,6 +42,7 @@ class Task:
     overrides: tuple[str, ...]
     trace: TraceRef
     seed: int
+    blas_threads: int = 1  # numpy's BLAS threads while this point runs (the same in every executor)
 
 
 @dataclass
@@ -83,10 +84,22 @@ def run_point(task: Task) -> Outcome:
     worker = f"{socket.gethostname()}:{os.getpid()}"
     try:
         cfg = load_config(task.base, task.overrides)
-        result = simulate(cfg, _trace(task.trace), seed=task.seed)
+        with _blas_limit(task.blas_threads):
+            result = simulate(cfg, _trace(task.trace), seed=task.seed)
         return Outcome(task.id, "ok", report=result.report, wall_s=time.perf_counter() - t0, worker=worker)
     except Exception as exc:  # a failing point is recorded and the sweep goes on
         return Outcome(task.id, "error", error=_one_line(exc), wall_s=time.perf_counter() - t0, worker=worker)
+
+
+@contextlib.contextmanager
+def _blas_limit(n: int) -> Iterator[None]:
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=n, user_api="blas"):
+        yield
 
 
 # --- executors ----------------------------------------------------------------------------------------------
@@ -109,7 +122,7 @@ def default_workers() -> int:
 class SerialExecutor:
     """Points one after another in this process: the reference the parallel executors must match."""
 
-    def __init__(self, workers: int | None = None, scheduler: str | None = None) -> None:
+    def __init__(self, workers: int | None = None, scheduler: str | None = None, blas_threads: int = 1) -> None:
         self.workers = 1
 
     def run(self, tasks: Iterable[Task]) -> Iterator[Outcome]:
@@ -117,16 +130,30 @@ class SerialExecutor:
             yield run_point(task)
 
 
-def _worker_init() -> None:
+def _worker_init(driver: int | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle; it stops the workers
+    _watch_parent(driver if driver is not None else os.getppid())
+
+
+def _watch_parent(parent: int) -> None:
+    """A worker whose driver died (kill -9, SIGTERM) exits within half a second instead of holding its pipes
+    and a core: the pool cannot tell it, since nobody is left to."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:  # the driver's pid is passed in: it may be gone before this starts
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="soc-parent-watch", daemon=True).start()
 
 
 @contextlib.contextmanager
-def _single_blas_thread() -> Iterator[None]:
+def _single_blas_thread(n: int = 1) -> Iterator[None]:
     """Spawned children inherit os.environ at spawn time: set the BLAS thread count only for them."""
     saved = {k: os.environ.get(k) for k in _BLAS_ENV}
     for key in _BLAS_ENV:
-        os.environ.setdefault(key, "1")
+        os.environ[key] = str(n)
     try:
         yield
     finally:
@@ -143,13 +170,14 @@ class ProcessExecutor:
     pool and every point in flight with it; those points are then rerun one at a time on a fresh pool, so the
     one that kills its worker while running alone is recorded as failed and the others finish."""
 
-    def __init__(self, workers: int | None = None, scheduler: str | None = None) -> None:
+    def __init__(self, workers: int | None = None, scheduler: str | None = None, blas_threads: int = 1) -> None:
         self.workers = workers or default_workers()
+        self.blas_threads = blas_threads
         self.fn = run_point  # what a worker runs on a task (a module-level function: workers import it)
 
     def _pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_worker_init)
+                                   initializer=_worker_init, initargs=(os.getpid(),))
 
     def run(self, tasks: Iterable[Task]) -> Iterator[Outcome]:
         suspects: deque[Task] = deque()  # in flight when a worker died: rerun alone
@@ -158,7 +186,7 @@ class ProcessExecutor:
         pool = None
         inflight: dict[Any, Task] = {}
         try:
-            with _single_blas_thread():  # workers spawn lazily, on submit: keep the setting while submitting
+            with _single_blas_thread(self.blas_threads):  # workers spawn lazily, on submit: keep the setting while submitting
                 while True:
                     alone = bool(suspects)
                     while len(inflight) < (1 if alone else self.workers):
@@ -212,7 +240,7 @@ class DaskExecutor:
     """Dask distributed: a LocalCluster of ``workers`` single-threaded processes, or an existing cluster at
     ``scheduler`` (tcp://HOST:PORT) whose workers have soc installed and see the trace paths."""
 
-    def __init__(self, workers: int | None = None, scheduler: str | None = None) -> None:
+    def __init__(self, workers: int | None = None, scheduler: str | None = None, blas_threads: int = 1) -> None:
         self.workers = workers or default_workers()
         self.scheduler = scheduler
 

@@ -44,8 +44,18 @@ def _short(trace_key: str) -> str:
     return trace_key if trace_key.startswith("synth:") else Path(trace_key).name
 
 
+FIXED_COLUMNS = frozenset({"id", "trace", "seed", "replicate", "status", "error"})
+
+
+def design_label(row: Mapping[str, str], factor_keys: Sequence[str]) -> str:
+    """The design values of a point, short: ``target_kept_fraction=0.25, q_tile_rows=32``."""
+    return ", ".join(f"{k.rsplit('.', 1)[-1]}={row[k]}" for k in factor_keys if row.get(k) not in (None, ""))
+
+
 def plot_pareto(rows: Sequence[Mapping[str, str]], path: str | Path, *, title: str = "sweep",
-                warn: IO[str] | None = None) -> Path | None:
+                warn: IO[str] | None = None, factor_keys: Sequence[str] | None = None) -> Path | None:
+    """``factor_keys``: the columns that name a point's design (default: the columns before ``trace``); the
+    Pareto-optimal points are labelled with their values."""
     """Draw ``results.csv`` rows (strings, as read back) into ``path``; None when there is nothing to draw or
     matplotlib is missing."""
     ok = [r for r in rows if r.get("status") == "ok" and r.get("latency_ns") and r.get("energy_j")]
@@ -60,6 +70,9 @@ def plot_pareto(rows: Sequence[Mapping[str, str]], path: str | Path, *, title: s
             warn.write(f"sweep: {path} skipped: matplotlib is not installed "
                        "(pip install -e '.[plots]' in the soc checkout)\n")
         return None
+    if factor_keys is None:
+        cols = list(ok[0])
+        factor_keys = cols[1:cols.index("trace")] if "trace" in cols else []
     lat_us = _floats(ok, "latency_ns") * 1e-3
     en_uj = _floats(ok, "energy_j") * 1e6
     err = _floats(ok, "output_rel_err")
@@ -80,6 +93,11 @@ def plot_pareto(rows: Sequence[Mapping[str, str]], path: str | Path, *, title: s
         front = pareto_mask(np.column_stack([lat_us[sel], en_uj[sel], acc]))
         ax.scatter(lat_us[sel][front], en_uj[sel][front], marker=marker, s=90, facecolors="none",
                    edgecolors="black", linewidths=0.8)
+        chosen = [r for r, on in zip((r for r, s in zip(ok, sel, strict=True) if s), front, strict=True) if on]
+        if len(chosen) <= 12:  # more labels than that cover the data they name
+            for r, x, y in zip(chosen, lat_us[sel][front], en_uj[sel][front], strict=True):
+                ax.annotate(design_label(r, factor_keys), (x, y), xytext=(4, 4), textcoords="offset points",
+                            fontsize=6, color="0.2")
         handles.append(Line2D([], [], marker=marker, color="0.35", ls="", label=_short(name)))
     cbar = fig.colorbar(sc, ax=ax)
     cbar.set_label("output relative error vs exact attention (lower is better)")
@@ -89,7 +107,7 @@ def plot_pareto(rows: Sequence[Mapping[str, str]], path: str | Path, *, title: s
     ax.set_title(f"{title}: {len(ok)} points" + (f", {failed} failed" if failed else "")
                  + " (outlined: Pareto-optimal in latency, energy and error, per trace)", fontsize=9)
     ax.grid(True, alpha=0.3)
-    ax.legend(handles=handles, fontsize=7, loc="best")
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.12), ncol=2, frameon=False)
     fig.tight_layout()
     target = Path(path)
     with atomic_open(target, "wb") as handle:

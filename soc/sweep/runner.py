@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from soc import progress as bars
 from soc.errors import ConfigError
 from soc.io import write_json
 from soc.sweep.executors import EXECUTORS, Outcome, Task
@@ -46,6 +47,8 @@ class Progress:
         self.failed = self.failed_before = failed  # failed points, resumed ones included
         self.t0 = time.perf_counter()
         self.tty = bool(stream is not None and getattr(stream, "isatty", lambda: False)())
+        if self.tty and bars.active():  # a progress bar shows the same: no second line rewritten in place
+            self.stream = None
 
     def line(self) -> str:
         done = self.resumed + self.ran
@@ -104,7 +107,7 @@ def _row(point: Point, outcome: Outcome) -> dict[str, Any]:
 
 def run_sweep(spec: SweepSpec, out_dir: str | Path, *, executor: str = "processes",
               workers: int | None = None, scheduler: str | None = None, retry_failed: bool = False,
-              plot: bool = True, progress: IO[str] | None = sys.stderr) -> SweepSummary:
+              plot: bool = True, progress: IO[str] | None = sys.stderr, blas_threads: int = 1) -> SweepSummary:
     """Run every point of ``spec`` not yet in ``out_dir/results.csv``; return what was done.
 
     ``executor``: serial, processes (default; ``workers`` processes, default one per core) or dask (a
@@ -133,16 +136,19 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, *, executor: str = "processe
         prog = Progress(spec.name, len(points), len(points) - len(todo), progress,
                         failed=sum(r["status"] != "ok" for i, r in done.items() if i in ids))
         prog.show()
-        tasks = (Task(p.id, spec.base, p.overrides, p.trace, p.seed) for p in todo.values())
-        if todo:
-            runner = EXECUTORS[executor](workers=workers, scheduler=scheduler)
-            runner.workers = min(runner.workers, len(todo))  # no idle processes to start
-            for outcome in runner.run(tasks):
-                point = todo[outcome.id]
-                if outcome.report is not None:
-                    write_json(out / "points" / point.id / "report.json", outcome.report)
-                store.append(_row(point, outcome))
-                prog.update(outcome)
+        tasks = (Task(p.id, spec.base, p.overrides, p.trace, p.seed, blas_threads) for p in todo.values())
+        with bars.task(f"sweep {spec.name}", total=len(todo), unit="point") as bar:
+            if todo:
+                runner = EXECUTORS[executor](workers=workers, scheduler=scheduler, blas_threads=blas_threads)
+                runner.workers = min(runner.workers, len(todo))  # no idle processes to start
+                for outcome in runner.run(tasks):
+                    point = todo[outcome.id]
+                    if outcome.report is not None:
+                        write_json(out / "points" / point.id / "report.json", outcome.report)
+                    store.append(_row(point, outcome))
+                    prog.update(outcome)
+                    bar.advance()
+                    bar.note(f"{prog.failed} failed")
         prog.show(final=True)
     rows = [r for r in read_results(store.path) if r["id"] in ids]
     png = None

@@ -33,13 +33,14 @@ from typing import Any, Mapping
 
 import yaml
 
-from soc.config.loader import load_config, read_yaml, resolve_config_path
+from soc.config.fields import show
+from soc.config.loader import load_config, read_yaml, resolve_bundled, resolve_config_path
 from soc.errors import ConfigError, SocError
 
 MODES = ("product", "zip")
 TOP_KEYS = ("name", "description", "base", "traces", "factors", "mode", "seed", "replicates")
 SYNTH_KEYS = ("workload", "seq_len", "layers", "seed", "mode", "prompt", "generate")
-MAX_POINTS = 1_000_000  # a typo in a value list must not silently ask for years of simulation
+MAX_POINTS = 100_000  # a typo in a value list must not silently ask for days of simulation (at ~1 s a point)
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,10 @@ def _synth_trace(item: Mapping[str, Any], where: str) -> TraceRef:
     if not isinstance(item.get("workload"), str):
         raise ConfigError(f"{where}.workload: expected a workload name (workloads/NAME.yaml), "
                           f"got {item.get('workload')!r}")
-    spec = load_workload(item["workload"])
+    try:
+        spec = load_workload(item["workload"])
+    except SocError as exc:
+        raise ConfigError(f"{where}.workload: {exc}") from None
     args: dict[str, Any] = {"workload": item["workload"]}
     limits = {"seq_len": spec.max_positions, "layers": spec.layers, "seed": 2**63 - 1,
               "prompt": spec.max_positions, "generate": spec.max_positions}
@@ -216,7 +220,7 @@ def _traces(value: Any, where: str, folder: Path) -> tuple[TraceRef, ...]:
     return tuple(out)
 
 
-def _factors(value: Any, where: str, base: Path) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+def _factors(value: Any, where: str, base: Path, mode: str = "product") -> tuple[tuple[str, tuple[Any, ...]], ...]:
     if value is None:
         value = {}
     if not isinstance(value, Mapping):
@@ -229,7 +233,16 @@ def _factors(value: Any, where: str, base: Path) -> tuple[tuple[str, tuple[Any, 
             raise ConfigError(f"{where}: expected dotted config keys (e.g. dataflow.q_tile_rows), "
                               f"got {key!r}")
         if not isinstance(values, list) or not values:
-            raise ConfigError(f"{at}: expected a non-empty list of values, got {values!r}")
+            raise ConfigError(f"{at}: expected a non-empty list of values, got {show(values)}")
+        seen: dict[str, int] = {}
+        for i, v in enumerate(values):  # 1 and 1.0 make one config: the point would run twice
+            try:
+                same = _canonical(float(v) if isinstance(v, numbers.Real) and not isinstance(v, bool) else v)
+            except (TypeError, ValueError, OverflowError):  # a date or NaN: load_config below says why
+                same = repr(v)
+            if same in seen and mode == "product":  # zip: a value may recur in another point
+                raise ConfigError(f"{at}[{i}]: {show(v)} repeats the value at index {seen[same]}")
+            seen[same] = i
         for i, v in enumerate(values):
             try:  # each value alone must make a valid config: a typo fails here, not in point 734
                 load_config(base, [override_text(key, v)])
@@ -237,6 +250,20 @@ def _factors(value: Any, where: str, base: Path) -> tuple[tuple[str, tuple[Any, 
                 raise ConfigError(f"{at}[{i}]: {v!r} is not a valid value ({exc})") from None
         out.append((key, tuple(values)))
     return tuple(out)
+
+
+def _count_points(data: Mapping[str, Any], path: str, mode: str) -> None:
+    factors = data.get("factors") or {}
+    traces = data.get("traces")
+    reps = data.get("replicates", 1)
+    if not isinstance(factors, Mapping) or not isinstance(traces, list):
+        return  # the detailed checks say what is wrong
+    lengths = [len(v) for v in factors.values() if isinstance(v, list)]
+    combos = (math.prod(lengths) if mode == "product" else max(lengths, default=1)) or 1
+    n = combos * max(1, len(traces)) * (reps if isinstance(reps, int) and not isinstance(reps, bool) and reps > 0
+                                        else 1)
+    if n > MAX_POINTS:
+        raise ConfigError(f"{path}: factors: {n:,} points, more than the limit of {MAX_POINTS:,}")
 
 
 def parse_sweep(data: Any, path: str = "<sweep>", folder: Path | None = None) -> SweepSpec:
@@ -255,8 +282,13 @@ def parse_sweep(data: Any, path: str = "<sweep>", folder: Path | None = None) ->
     base = _base(data["base"], f"{path}: base", folder)
     mode = data.get("mode", "product")
     if mode not in MODES:
-        raise ConfigError(f"{path}: mode: expected product or zip, got {mode!r}")
-    factors = _factors(data.get("factors"), f"{path}: factors", base)
+        raise ConfigError(f"{path}: mode: expected product or zip, got {show(mode)}")
+    _count_points(data, path, mode)  # before any config is loaded: a typo asking for 10^9 points fails at once
+    try:  # the base alone: its own errors are its own, not a factor value's
+        load_config(base)
+    except SocError as exc:
+        raise ConfigError(f"{path}: base: {exc}") from None
+    factors = _factors(data.get("factors"), f"{path}: factors", base, mode)
     if mode == "zip" and factors:
         lengths = {key: len(values) for key, values in factors}
         if len(set(lengths.values())) > 1:
@@ -284,7 +316,7 @@ def parse_sweep(data: Any, path: str = "<sweep>", folder: Path | None = None) ->
 
 def load_sweep(path: str | Path) -> SweepSpec:
     """Read and validate ``SWEEP.yaml``; relative paths inside it are relative to its folder."""
-    p = Path(path)
+    p = resolve_bundled(path, "sweeps", (".yaml", ".yml"))
     if not p.is_file():
-        raise ConfigError(f"{p}: no such sweep file")
+        raise ConfigError(f"{show(str(p))[1:-1]}: no such sweep file")
     return parse_sweep(read_yaml(p), str(p), p.resolve().parent)

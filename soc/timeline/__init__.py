@@ -26,7 +26,7 @@ from typing import Callable
 
 from soc.errors import ConfigError
 from soc.recorder import Recorder
-from soc.timeline.filters import (DEFAULT_MAX_EVENTS, TimelineFilter, TimelineSink, filter_from_args,
+from soc.timeline.filters import (DEFAULT_MAX_EVENTS, TimelineFilter, TimelineSink, block_of, filter_from_args,
                                   parse_index_set, parse_patterns, parse_window)
 from soc.timeline.model import Counter, Timeline, build_timeline
 
@@ -76,12 +76,19 @@ def attach(args: argparse.Namespace) -> tuple[Recorder, Callable]:
     sink = TimelineSink(filt)
 
     def finish(result) -> None:
+        import sys
+
+        unmatched = sink.unmatched_patterns()
+        if unmatched:
+            blocks = sorted({block_of(t) for t in sink.asked})
+            print(f"soc: warning: --timeline-blocks {', '.join(unmatched)}: matches no block "
+                  f"(blocks: {', '.join(blocks)})", file=sys.stderr)
         tl = build_timeline(sink, result, filt)
         if getattr(args, "timeline", None):
             path = Path(args.timeline)
             events = write_timeline(path, tl)
             size = path.stat().st_size
-            print(f"  timeline       {path} ({events:,} events, {size / 2**20:.1f} MiB, "
+            print(f"  timeline       {path} ({events:,} events, {size / 1e6:.1f} MB, "
                   f"{tl.range_ns[0] / 1e3:,.1f}-{tl.range_ns[1] / 1e3:,.1f} us)")
         if getattr(args, "plots", None):
             from soc.plots import write_plots

@@ -18,6 +18,7 @@ from array import array
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from soc.config.fields import show
 from soc.errors import ConfigError
 
 DEFAULT_MAX_EVENTS = 200_000
@@ -46,26 +47,33 @@ def parse_window(text: str | None, what: str = "--timeline-window") -> tuple[flo
     return lo * 1e3, hi * 1e3
 
 
+MAX_INDEX = 65_535  # layers or heads: no model has more; bounds the set a range like 0-10^14 would build
+
+
 def parse_index_set(text: str | None, what: str) -> frozenset[int] | None:
     """``"0,2-3"`` -> {0, 2, 3}; None or empty -> None (everything)."""
     if text is None or str(text).strip() == "":
         return None
     out: set[int] = set()
+    shown = show(str(text))
     for item in str(text).split(","):
         item = item.strip()
         try:
-            if "-" in item:
-                a, b = (int(x) for x in item.split("-", 1))
+            if "-" in item[1:]:
+                cut = item.index("-", 1)
+                a, b = int(item[:cut]), int(item[cut + 1:])
                 if a > b:
                     raise ValueError
-                out.update(range(a, b + 1))
             else:
-                out.add(int(item))
+                a = b = int(item)
         except ValueError:
             raise ConfigError(f"{what}: expected indices like 0,2-3 (non-negative, ranges low-high), "
-                              f"got {text!r}") from None
-    if min(out) < 0:
-        raise ConfigError(f"{what}: expected non-negative indices, got {text!r}")
+                              f"got {shown}") from None
+        if a < 0:
+            raise ConfigError(f"{what}: expected non-negative indices, got {shown}")
+        if b > MAX_INDEX:
+            raise ConfigError(f"{what}: expected indices <= {MAX_INDEX}, got {shown}")
+        out.update(range(a, b + 1))
     return frozenset(out)
 
 
@@ -142,6 +150,7 @@ class TimelineSink:
 
     def __init__(self, filt: TimelineFilter | None = None) -> None:
         self.filter = filt or TimelineFilter()
+        self.asked: list[str] = []               # every track the blocks offered
         self.tracks: list[str] = []              # span tracks, in the order the blocks asked
         self.counter_tracks: list[str] = []
         self._track_id: dict[str, int] = {}
@@ -170,7 +179,13 @@ class TimelineSink:
     # --- the Sink protocol ---------------------------------------------------------------------------------
     def wants(self, track: str) -> bool:
         # asked once per port or counter when the blocks are built; tracks register on their first event
+        self.asked.append(track)
         return self.filter.wants_track(track)
+
+    def unmatched_patterns(self) -> list[str]:
+        """Block patterns that matched none of the tracks the blocks offered (a typo, most likely)."""
+        return [p for p in self.filter.blocks
+                if not any(fnmatch.fnmatchcase(t, p) or fnmatch.fnmatchcase(block_of(t), p) for t in self.asked)]
 
     def span(self, track: str, start_ns: float, end_ns: float, name: str,
              args: dict[str, Any] | None) -> None:

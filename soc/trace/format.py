@@ -19,6 +19,7 @@ import math
 import os
 import shutil
 import struct
+import tokenize
 import tempfile
 import zipfile
 import zlib
@@ -32,8 +33,8 @@ import numpy.lib.format as npf
 
 from soc.config.fields import PATH_CHARS, one_line, show
 from soc.errors import TraceError
-from soc.io import atomic_open
-from soc.trace.meta import FORMAT, SOURCES, TraceMeta
+from soc.io import atomic_open, clean_stale, temp_prefix
+from soc.trace.meta import FORMAT, SOURCES, TraceMeta, check_model_meta
 from soc.trace.meta import bad as _bad
 
 __all__ = ["FORMAT", "SOURCES", "ARRAYS", "Trace", "TraceMeta", "load_trace", "save_trace", "trace_info",
@@ -131,7 +132,7 @@ def _read_header(fh: IO[bytes], where: str, name: str) -> _Header:
             shape, fortran, dtype = npf.read_array_header_2_0(fh)
         else:
             raise ValueError(f"unsupported .npy version {version}")
-    except (ValueError, EOFError, OSError, zipfile.BadZipFile, SyntaxError) as exc:
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile, SyntaxError, tokenize.TokenError) as exc:
         raise TraceError(f"{where}: {name}: not a valid .npy header ({one_line(exc)})") from None
     return _Header(tuple(shape), np.dtype(dtype), bool(fortran), fh.tell())
 
@@ -187,22 +188,44 @@ def _zip_member_offset(fh: IO[bytes], info: zipfile.ZipInfo) -> int:
     return info.header_offset + 30 + name_len + extra_len
 
 
-def _check_stored_crc(fh: IO[bytes], info: zipfile.ZipInfo, start: int, where: str, name: str) -> None:
-    """A memory-mapped member bypasses zipfile's CRC check: check it here, 1 MiB at a time (one sequential
-    pass, as cheap as the NaN scan that follows), so a flipped byte is not silently replayed."""
+def _scan(fh: IO[bytes], start: int, size: int, h: _Header, where: str, name: str, crc: int | None = None
+          ) -> None:
+    """One sequential pass over a stored array, 1 MiB at a time: the zip CRC-32 (if ``crc`` is given; a
+    memory-mapped member bypasses zipfile's check) and the NaN/Inf scan of its values. Reading through the
+    file, not the mapping, keeps the process's memory bounded (a mapped scan faults every page in)."""
     fh.seek(start)
-    crc, left = 0, info.compress_size
+    head = fh.read(h.data_offset)
+    running = zlib.crc32(head) if crc is not None else 0
+    step = max(1, _FINITE_CHUNK // h.dtype.itemsize) * h.dtype.itemsize
+    left, seen = size - len(head), 0
     while left > 0:
-        chunk = fh.read(min(left, 1 << 20))
+        chunk = fh.read(min(left, step))
         if not chunk:
             break
-        crc = zlib.crc32(chunk, crc)
+        if crc is not None:
+            running = zlib.crc32(chunk, running)
+        values = np.frombuffer(chunk, dtype=h.dtype, count=len(chunk) // h.dtype.itemsize)
+        ok = np.isfinite(values)
+        if not ok.all():
+            flat = seen + int(np.argmin(ok))
+            index = np.unravel_index(flat, h.shape, order="F" if h.fortran else "C")
+            raise TraceError(f"{where}: {name}: non-finite value {values[flat - seen]} at "
+                             f"[layer, head, position, dim] = {[int(i) for i in index]}")
+        seen += values.size
         left -= len(chunk)
-    if left or crc != info.CRC:
-        raise TraceError(f"{where}: {name}.npy fails the zip CRC-32 check (corrupt or truncated)")
+    if left or (crc is not None and running != crc):
+        what = "fails the zip CRC-32 check" if crc is not None else "is shorter than its header says"
+        raise TraceError(f"{where}: {name}.npy {what} (corrupt or truncated)")
 
 
-def _open_npz(path: Path, *, read: bool, mmap: bool, max_bytes: float) -> tuple[TraceMeta, dict[str, Any]]:
+# a deflated member is decompressed into memory: refuse one that claims far more than it stores (float
+# activations compress < 2:1; a zip bomb's zeros 1000:1)
+_MAX_DEFLATE_RATIO = 20
+_DEFLATE_SMALL = 64 * 2**20
+
+
+def _open_npz(path: Path, *, read: bool, mmap: bool, max_bytes: float, scanned: set[str] | None = None
+              ) -> tuple[TraceMeta, dict[str, Any]]:
     where = one_line(path, PATH_CHARS)
     try:
         with zipfile.ZipFile(path) as zf:
@@ -223,7 +246,13 @@ def _open_npz(path: Path, *, read: bool, mmap: bool, max_bytes: float) -> tuple[
             # claiming terabytes is reported as over budget, before anything else is read)
             _check_budget(headers, meta, where, max_bytes if read and not mapped else math.inf)
             for name in ARRAYS:
-                _check_length(headers[name], members[f"{name}.npy"].file_size, where, name)
+                info = members[f"{name}.npy"]
+                _check_length(headers[name], info.file_size, where, name)
+                if (read and info.compress_type != zipfile.ZIP_STORED and info.file_size > _DEFLATE_SMALL
+                        and info.file_size > _MAX_DEFLATE_RATIO * max(1, info.compress_size)):
+                    raise TraceError(f"{where}: {name}.npy claims {info.file_size:,} bytes compressed into "
+                                     f"{info.compress_size:,} (more than {_MAX_DEFLATE_RATIO}:1, a zip bomb?); "
+                                     "store traces uncompressed (np.savez, as soc does)")
             if not read:
                 return meta, headers
             arrays: dict[str, Any] = {}
@@ -232,7 +261,9 @@ def _open_npz(path: Path, *, read: bool, mmap: bool, max_bytes: float) -> tuple[
                 if mmap and info.compress_type == zipfile.ZIP_STORED:
                     with open(path, "rb") as raw:
                         start = _zip_member_offset(raw, info)
-                        _check_stored_crc(raw, info, start, where, name)
+                        _scan(raw, start, info.compress_size, h, where, name, crc=info.CRC)
+                    if scanned is not None:
+                        scanned.add(name)
                     offset = start + h.data_offset
                     arrays[name] = np.memmap(path, dtype=h.dtype, mode="r", offset=offset, shape=h.shape,
                                              order="F" if h.fortran else "C")
@@ -248,11 +279,15 @@ def _open_npz(path: Path, *, read: bool, mmap: bool, max_bytes: float) -> tuple[
                          "corrupt?)") from None
 
 
-def _open_dir(path: Path, *, read: bool, mmap: bool, max_bytes: float) -> tuple[TraceMeta, dict[str, Any]]:
+def _open_dir(path: Path, *, read: bool, mmap: bool, max_bytes: float, scanned: set[str] | None = None
+              ) -> tuple[TraceMeta, dict[str, Any]]:
     where = one_line(path, PATH_CHARS)
     for fname in sorted(_DIR_FILES):
-        if not (path / fname).is_file():
-            raise TraceError(f"{where}: missing {fname} (a trace directory holds "
+        member = path / fname
+        if not member.is_file():
+            what = (f"{fname} is not a regular file" if member.exists() or member.is_symlink()
+                    else f"missing {fname}")
+            raise TraceError(f"{where}: {what} (a trace directory holds regular files "
                              f"{', '.join(sorted(_DIR_FILES))})")
     meta_file = path / "meta.json"
     if meta_file.stat().st_size > _MAX_META_CHARS:  # UTF-8: at least one byte per character
@@ -268,6 +303,12 @@ def _open_dir(path: Path, *, read: bool, mmap: bool, max_bytes: float) -> tuple[
             _check_length(headers[name], (path / f"{name}.npy").stat().st_size, where, name)
         if not read:
             return meta, headers
+        if mmap:
+            for name in ARRAYS:
+                with open(path / f"{name}.npy", "rb") as raw:
+                    _scan(raw, 0, (path / f"{name}.npy").stat().st_size, headers[name], where, name)
+                if scanned is not None:
+                    scanned.add(name)
         arrays = {n: np.load(path / f"{n}.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
                   for n in ARRAYS}
     except UnicodeDecodeError as exc:
@@ -300,8 +341,13 @@ def load_trace(path: str | os.PathLike[str], *, mmap: bool = False, max_bytes: i
     ``mmap=True`` memory-maps the arrays (read-only) of a directory trace or of an uncompressed .npz; a
     compressed .npz is read into memory. ``max_bytes`` bounds the q/k/v bytes read into memory (mapped arrays
     do not count) and is enforced from the headers, before anything is allocated."""
-    p, meta, arrays = _open(path, read=True, mmap=mmap, max_bytes=max_bytes)
-    check_arrays(arrays, meta, str(p), finite=True)
+    scanned: set[str] = set()
+    p, meta, arrays = _open(path, read=True, mmap=mmap, max_bytes=max_bytes, scanned=scanned)
+    check_arrays(arrays, meta, one_line(p, PATH_CHARS), finite=False)
+    for name in ARRAYS:
+        if name not in scanned:  # arrays read into memory; mapped ones were scanned while read from disk
+            _check_finite(name, arrays[name], one_line(p, PATH_CHARS))
+    check_model_meta(meta, one_line(p, PATH_CHARS))
     return Trace(q=arrays["q"], k=arrays["k"], v=arrays["v"], meta=meta, path=str(p))
 
 
@@ -331,19 +377,21 @@ def save_trace(path: str | os.PathLike[str], q: np.ndarray, k: np.ndarray, v: np
         raise _bad(where, "meta", "a TraceMeta or a mapping", type(meta).__name__)
     arrays = {"q": np.asarray(q), "k": np.asarray(k), "v": np.asarray(v)}
     check_arrays(arrays, meta, where, finite=True)
-    if target.exists() and not overwrite:
-        raise TraceError(f"{where}: already exists (pass overwrite=True to replace it)")
+    if (target.exists() or target.is_symlink()) and not overwrite:
+        raise TraceError(f"{where}: a trace exists; pass --force (overwrite=True) to replace it")
     text = json.dumps(meta.to_dict(), allow_nan=False)
     try:
         if target.suffix == ".npz":
             if target.is_dir():
                 raise TraceError(f"{where}: is a directory; expected a path for a .npz file")
-            with atomic_open(target, "wb") as fh:
+            with atomic_open(target, "wb", exclusive=not overwrite) as fh:
                 # uncompressed: float activations barely compress, and stored members can be memory-mapped
                 np.savez(fh, q=arrays["q"], k=arrays["k"], v=arrays["v"], meta=np.array(text))
             os.chmod(target, 0o666 & ~_umask())  # the temporary file was private (0600)
         else:
-            _save_dir(target, arrays, text)
+            _save_dir(target, arrays, text, overwrite=overwrite)
+    except FileExistsError:  # another writer created it first (exclusive creation)
+        raise TraceError(f"{where}: a trace was written there meanwhile; pass --force to replace it") from None
     except OSError as exc:
         raise TraceError(f"{where}: cannot write ({exc.strerror or exc})") from None
     return target
@@ -355,7 +403,7 @@ def _umask() -> int:
     return mask
 
 
-def _save_dir(target: Path, arrays: Mapping[str, np.ndarray], meta_text: str) -> None:
+def _save_dir(target: Path, arrays: Mapping[str, np.ndarray], meta_text: str, overwrite: bool = True) -> None:
     where = str(target)
     if target.exists():
         if not target.is_dir():
@@ -366,7 +414,8 @@ def _save_dir(target: Path, arrays: Mapping[str, np.ndarray], meta_text: str) ->
             raise TraceError(f"{where}: exists and holds non-trace files {foreign[:3]}; "
                              "refusing to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    clean_stale(target)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(target), suffix=".tmp", dir=target.parent))
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private (0700)
         for name, a in arrays.items():
@@ -378,8 +427,11 @@ def _save_dir(target: Path, arrays: Mapping[str, np.ndarray], meta_text: str) ->
             fh.write(meta_text + "\n")
             fh.flush()
             os.fsync(fh.fileno())
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+        if not overwrite:
+            os.mkdir(target)  # exclusive: of two writers racing for one new path, one wins (FileExistsError)
+            os.rename(tmp, target)  # onto the empty directory just made
+        elif target.exists():
+            old = Path(tempfile.mkdtemp(prefix=temp_prefix(target), suffix=".old", dir=target.parent))
             os.rename(target, old / "trace")
             try:
                 os.rename(tmp, target)

@@ -152,3 +152,34 @@ class TraceMeta:
     def expected_shapes(self) -> dict[str, tuple[int, int, int, int]]:
         kv = (self.layers, self.kv_heads, self.seq_len, self.head_dim)
         return {"q": (self.layers, self.heads, self.seq_q, self.head_dim), "k": kv, "v": kv}
+
+
+# the pretrained models a capture can name: their attention shape and vocabulary, so that a capture's metadata
+# is checked when the trace is loaded, not when the model is re-run after the whole simulation
+MODEL_SHAPES: dict[str, dict[str, int]] = {
+    "minilm-l6": {"layers": 6, "heads": 12, "kv_heads": 12, "head_dim": 32, "vocab": 30522},
+    "smollm2-135m": {"layers": 30, "heads": 9, "kv_heads": 3, "head_dim": 64, "vocab": 49152},
+}
+
+
+def check_model_meta(meta: TraceMeta, where: str) -> None:
+    """A capture of a known model: its shape must be the model's (layers at most the model's) and its
+    ``token_ids`` (if any) one integer id per position, in the model's vocabulary."""
+    shape = MODEL_SHAPES.get(meta.model)
+    if meta.source != "capture" or shape is None:
+        return
+    for key in ("heads", "kv_heads", "head_dim"):
+        if getattr(meta, key) != shape[key]:
+            raise bad(where, f"meta.{key}", f"{shape[key]} for a capture of {meta.model}", getattr(meta, key))
+    if meta.layers > shape["layers"]:
+        raise bad(where, "meta.layers", f"at most {shape['layers']} for a capture of {meta.model}", meta.layers)
+    ids = meta.extra.get("token_ids")
+    if ids is None:
+        return
+    if not isinstance(ids, list) or len(ids) != meta.seq_len:
+        raise bad(where, "meta.token_ids", f"a list of seq_len={meta.seq_len} token ids",
+                  f"{type(ids).__name__} of length {len(ids) if isinstance(ids, list) else '-'}")
+    for i, t in enumerate(ids):
+        if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < shape["vocab"]:
+            raise bad(where, f"meta.token_ids[{i}]", f"an integer id in [0, {shape['vocab']}) "
+                      f"({meta.model}'s vocabulary)", t)
