@@ -16,7 +16,7 @@ import numpy as np
 
 from soc.config.loader import config_to_dict
 from soc.config.schema import SocConfig
-from soc.dataflow import Shape, demand, traffic_totals
+from soc.dataflow import Shape, dense_best_traffic, dense_traffic
 
 SCHEMA = "soc.report/1"
 TRAFFIC_KEYS = ("dram_read_bytes", "dram_write_bytes", "sram_read_bytes", "sram_write_bytes")
@@ -41,7 +41,8 @@ def build_report(cfg: SocConfig, trace, shape: Shape, func, stats, *, wall_s: fl
         "sram_read_bytes": counts["sram"].get("read_bytes", 0.0), "sram_write_bytes": counts["sram"].get("write_bytes", 0.0),
     }
     dense_cfg = dense_config(cfg)
-    dense = traffic_totals(demand(func.dense_chunks, dense_cfg, shape, stats.placement), stats.placement)
+    dense = dense_traffic(func, dense_cfg, shape, stats.placement)
+    dense_best = dense_best_traffic(func, dense_cfg, shape)
     # blocks with statistics of their own (the banked DRAM's row buffers) report them under "memory"
     memory = {name: b.extra_report() for name, b in blocks.items() if hasattr(b, "extra_report")}
     # K/V reuse: share of the rows the digital side needed that were already on chip (resident or reuse)
@@ -49,10 +50,15 @@ def build_report(cfg: SocConfig, trace, shape: Shape, func, stats, *, wall_s: fl
     kv_reuse = 1.0 - stats.kv_rows_fetched / needed if needed > 0 else None
     dram_h = measured["dram_read_bytes"] + measured["dram_write_bytes"]
     sram_h = measured["sram_read_bytes"] + measured["sram_write_bytes"]
-    traffic = {**measured, "dense": dense, "savings": {
+    # row/cache: share of the survivor-buffer or cache-tag lookups that found the row on chip
+    lookups = getattr(stats, "kv_lookups", 0.0)
+    kv_hit = 1.0 - stats.kv_rows_fetched / lookups if stats.placement.kv in ("row", "cache") and lookups else None
+    traffic = {**measured, "dense": dense, "dense_best": dense_best, "savings": {
         "dram": _ratio(dense["dram_read_bytes"] + dense["dram_write_bytes"], dram_h),
+        "dram_vs_best": _ratio(dense_best["dram_read_bytes"] + dense_best["dram_write_bytes"], dram_h),
         "sram": _ratio(dense["sram_read_bytes"] + dense["sram_write_bytes"], sram_h)},
         "link_bytes": stats.link_bytes, "kv_placement": stats.placement.kv, "kv_reuse_hit_rate": kv_reuse,
+        "kv_hit_rate": kv_hit, "kv_lookups": lookups,
         "dram_row_hit_rate": memory.get("dram", {}).get("row_hit_rate"),
         "kmsb_on_chip": stats.placement.msb_on_chip}
 
@@ -166,6 +172,10 @@ def _model_line(m: dict[str, Any] | None) -> list[str]:
     return [f"  real model     {what} ({m['model']} re-run with this pruning in every layer)"]
 
 
+def _dram(t: dict[str, Any]) -> float:
+    return t["dram_read_bytes"] + t["dram_write_bytes"]
+
+
 def summary_text(r: dict[str, Any]) -> str:
     """A terminal summary a person reads in ten seconds."""
     w, t, p, a, tr, e = r["workload"], r["time"], r["pruning"], r["accuracy"], r["traffic"], r["energy"]
@@ -182,9 +192,10 @@ def summary_text(r: dict[str, Any]) -> str:
         f"  accuracy       output rel. error {a['output_rel_err']:.2e}, softmax mass kept {a['mass_kept']:.3f}, "
         f"top-1 agreement {a['top1_agreement']:.3f}",
         *_model_line(a.get("model")),
-        f"  DRAM traffic   {_fmt_bytes(tr['dram_read_bytes'] + tr['dram_write_bytes'])} "
-        f"(dense {_fmt_bytes(tr['dense']['dram_read_bytes'] + tr['dense']['dram_write_bytes'])}, "
-        f"savings {f(sav['dram'], '.2f')}x), K/V {tr['kv_placement']}",
+        f"  DRAM traffic   {_fmt_bytes(_dram(tr))}, K/V {tr['kv_placement']} (savings "
+        f"{f(sav['dram'], '.2f')}x vs dense {_fmt_bytes(_dram(tr['dense']))}, dram_vs_best "
+        f"{f(sav.get('dram_vs_best'), '.2f')}x vs best dense {_fmt_bytes(_dram(tr['dense_best']))} "
+        f"with K/V {tr['dense_best']['kv_placement']})",
         f"  SRAM traffic   {_fmt_bytes(tr['sram_read_bytes'] + tr['sram_write_bytes'])} "
         f"(savings {f(sav['sram'], '.2f')}x)",
         f"  energy         {e['total_j'] * 1e6:,.2f} uJ ({e['on_chip_j'] * 1e6:,.2f} uJ on chip), "

@@ -107,7 +107,7 @@ def simulate(cfg: SocConfig, trace, *, recorder: Recorder = OFF, seed: int | Non
         trace.q, trace.k, trace.v, scale=m.scale, causal=m.causal, query_offset=m.query_offset, pruning=spec,
         q_tile=cfg.dataflow.q_tile_rows, k_tile=system.key_tile, seed=seed, keep_output=keep_output,
         keep_masks=keep_masks, calibration=calibration)
-    stats = system.run(func.chunks)
+    stats = system.run(func.chunks, func.survivors)
     report = build_report(cfg, trace, shape, func, stats, wall_s=time.perf_counter() - wall0)
     if model_accuracy:
         from soc.model_accuracy import model_accuracy as evaluate

@@ -35,10 +35,10 @@ from soc.topology import resolve_interconnect
 _ROW = ("layer", "head", "qtile", "ktile", "pairs_kept", "q_load_bytes", "q_msb_bytes", "kmsb_fetch_bytes",
         "kmsb_load_bytes", "write_ns", "score_ns", "mask_bytes", "kv_fetch_bytes", "kv_read_bytes", "compute_ns",
         "out_bytes", "cim_macs", "cim_compares", "array_write_bits", "digital_macs", "digital_exps",
-        "q_addr", "out_addr", "k_addr", "v_addr", "msb_addr", "kv_span_bytes", "kv_fetch_rows")
+        "q_addr", "out_addr", "k_addr", "v_addr", "msb_addr", "kv_span_bytes", "kv_fetch_rows", "lookup_ns")
 (LAYER, HEAD, QTILE, KTILE, KEPT, QLOAD, QMSB, KMSB_FETCH, KMSB_LOAD, WRITE_NS, SCORE_NS, MASK, KVFETCH, KVREAD,
  COMPUTE_NS, OUT, CIM_MACS, CIM_CMP, WBITS, DMACS, DEXPS, Q_ADDR, OUT_ADDR, K_ADDR, V_ADDR, MSB_ADDR, KV_SPAN,
- KV_ROWS) = range(len(_ROW))
+ KV_ROWS, LOOKUP_NS) = range(len(_ROW))
 
 
 @dataclass
@@ -56,6 +56,7 @@ class SimStats:
     link_bytes: dict[str, float] = field(default_factory=dict)
     token_buffer_peak: int = 0
     kv_rows_fetched: float = 0.0  # K/V rows brought from DRAM (for the reuse hit rate)
+    kv_lookups: float = 0.0  # row/cache: survivor-buffer or cache-tag lookups (for their hit rate)
 
 
 class System:
@@ -193,6 +194,10 @@ class System:
         for _ in range(n):
             self.waiting[me] = f"token_buffer{i} (empty)"
             r = yield from tb.get()
+            if r[LOOKUP_NS]:
+                # row/cache: which kept rows are already on chip (survivor buffer or cache tags)
+                self.waiting[me] = "survivor lookups"
+                yield self.env.timeout(r[LOOKUP_NS])
             if r[KVFETCH]:
                 self.waiting[me] = "K/V fetch (dram -> sram)"
                 # the kept rows of K and of V: pieces spread over the key tile in each region
@@ -222,9 +227,11 @@ class System:
         self.waiting.pop(name, None)
 
     # --- run -----------------------------------------------------------------------------------------------
-    def timing_table(self, chunks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def timing_table(self, chunks: dict[str, np.ndarray],
+                     survivors: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """Demand plus the blocks' durations, per chunk (vectorized, before the event loop)."""
-        d = demand(chunks, self.cfg, self.shape, self.placement)
+        d = demand(chunks, self.cfg, self.shape, self.placement, survivors)
+        d["lookup_ns"] = d["kv_lookups"] / (self.cfg.dataflow.lookups_per_cycle * self.cfg.digital.clock_ghz)
         hd = self.shape.head_dim
         if self.cims:
             cim = self.cims[0]
@@ -238,12 +245,17 @@ class System:
         d.update(addresses(chunks, self.cfg, self.shape, self.shape.kv_heads, self.address_map))
         return d
 
-    def run(self, chunks: dict[str, np.ndarray]) -> SimStats:
+    def run(self, chunks: dict[str, np.ndarray], survivors: dict[str, np.ndarray] | None = None) -> SimStats:
+        """``survivors``: FunctionalResult.survivors (needed by the row and cache dataflows)."""
         wall0 = time.perf_counter()
-        table = self.timing_table(chunks)
+        table = self.timing_table(chunks, survivors)
         self._kv_rows_fetched = float(table["kv_fetch_rows"].sum())
+        self._kv_lookups = float(table["kv_lookups"].sum())
         cols = [np.asarray(chunks[k] if k in chunks else table[k]) for k in _ROW]
-        owner = (chunks["layer"] * self.shape.heads + chunks["head"]) % self.pairs  # heads round-robin
+        # KV heads round-robin: a GQA group's query heads run in sequence on one pair and share its K/V
+        group = self.shape.heads // self.shape.kv_heads
+        kv_head = chunks["kv_head"] if "kv_head" in chunks else chunks["head"] // group
+        owner = (chunks["layer"] * self.shape.kv_heads + kv_head) % self.pairs
         procs = []
         for i in range(self.pairs):
             idx = np.flatnonzero(owner == i)
@@ -279,6 +291,7 @@ class System:
         stats.link_bytes = {f"{u}->{v}": b for (u, v), b in self.net.link_bytes.items()}
         stats.token_buffer_peak = max(b.peak for b in self.buffers)
         stats.kv_rows_fetched = self._kv_rows_fetched
+        stats.kv_lookups = self._kv_lookups
         stats.blocks["interconnect"] = self.net
         return stats
 

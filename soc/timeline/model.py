@@ -164,7 +164,7 @@ def chunk_energy_pj(result) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
     cfg, stats, chunks = result.config, result.stats, result.functional.chunks
     shape = _shape(result.report)
-    d = demand(chunks, cfg, shape, stats.placement)
+    d = demand(chunks, cfg, shape, stats.placement, result.functional.survivors)
     n = len(chunks["layer"])
     zero = np.zeros(n)
     on_chip = stats.placement.msb_on_chip
