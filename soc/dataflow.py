@@ -367,34 +367,42 @@ def dense_traffic(func, cfg: SocConfig, shape: Shape, placement: Placement) -> d
 
 def dense_best_traffic(func, cfg: SocConfig, shape: Shape) -> dict:
     """``traffic.dense_best``: the dense SoC ``cfg`` with the dataflow that minimises its DRAM bytes for the same
-    SRAM: every placement (row with all the SRAM the query tile leaves as survivor buffer) at every power-of-two
-    query tile (and the configured one) that fits. K/V resident, when a KV head fits, fetches each row once:
-    the minimum. Returns the four traffic totals plus the chosen ``kv_placement`` and ``q_tile_rows``."""
+    SRAM. K/V resident, when a KV head fits beside the configured query tile, fetches each row once: the
+    minimum, taken at once. Otherwise every placement (row with all the SRAM the query tile leaves as survivor
+    buffer) at every power-of-two query tile and key tiles of 16, 64 and the configured keys (a dense SoC has
+    no CIM array to fix its key tile) that fit. Returns the four traffic totals plus the chosen
+    ``kv_placement``, ``q_tile_rows`` and ``key_tile_keys``."""
     valid = func.valid
     seq_q, seq_k = valid.shape
     hd, elem = shape.head_dim, cfg.dataflow.element_bytes
     group = shape.heads // shape.kv_heads
-    # the configured tile first: among equal traffic it is kept
+    cols_per_key = -(-hd * cfg.cim.key_bits // cfg.cim.array_rows)
+    # the configured tiles first: among equal traffic they are kept
     tiles = [cfg.dataflow.q_tile_rows, *sorted({seq_q, *(1 << i for i in range(seq_q.bit_length()))}
                                                - {cfg.dataflow.q_tile_rows})]
+    arrays = [cfg.cim.array_cols, *sorted({16 * cols_per_key, 64 * cols_per_key} - {cfg.cim.array_cols})]
     best: dict | None = None
-    for q_tile in tiles:
-        steps = group * -(-seq_q // q_tile)
-        for kv in ("resident", "stream", "reuse", "row", "cache"):
-            if kv == "cache" and steps * seq_k * (steps + 1) > DENSE_BEST_LRU_CELLS:
-                continue
-            leftover = cfg.sram.capacity_bytes - q_tile * hd * (elem + cfg.dataflow.output_bytes)
-            flow = dataclasses.replace(cfg.dataflow, q_tile_rows=q_tile, kv_placement=kv,
-                                       survivor_buffer_bytes=max(0, leftover))
-            trial = dataclasses.replace(cfg, dataflow=flow)
-            try:
-                placement = kv_placement(trial, shape)
-            except WiringError:
-                continue
-            totals = _dense_group(valid, trial, shape, placement)
-            dram = totals["dram_read_bytes"] + totals["dram_write_bytes"]
-            if best is None or dram < best["dram_read_bytes"] + best["dram_write_bytes"]:
-                best = {**totals, "kv_placement": kv, "q_tile_rows": q_tile}
+    for cols in arrays:
+        for q_tile in tiles:
+            steps = group * -(-seq_q // q_tile)
+            for kv in ("resident", "stream", "reuse", "row", "cache"):
+                if kv == "cache" and steps * seq_k * (steps + 1) > DENSE_BEST_LRU_CELLS:
+                    continue
+                leftover = cfg.sram.capacity_bytes - q_tile * hd * (elem + cfg.dataflow.output_bytes)
+                flow = dataclasses.replace(cfg.dataflow, q_tile_rows=q_tile, kv_placement=kv,
+                                           survivor_buffer_bytes=max(0, leftover))
+                trial = dataclasses.replace(cfg, dataflow=flow, cim=dataclasses.replace(cfg.cim, array_cols=cols))
+                try:
+                    placement = kv_placement(trial, shape)
+                except WiringError:
+                    continue
+                totals = _dense_group(valid, trial, shape, placement)
+                dram = totals["dram_read_bytes"] + totals["dram_write_bytes"]
+                if best is None or dram < best["dram_read_bytes"] + best["dram_write_bytes"]:
+                    best = {**totals, "kv_placement": kv, "q_tile_rows": q_tile,
+                            "key_tile_keys": key_tile_keys(trial, hd)}
+                if kv == "resident" and best["kv_placement"] == "resident":
+                    return best
     if best is None:
         raise WiringError(f"sram: {cfg.sram.capacity_bytes} bytes hold no dense dataflow for head_dim {hd}")
     return best
