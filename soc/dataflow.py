@@ -187,29 +187,30 @@ def lru_misses(used: np.ndarray, capacity_rows: int, budget: int = 1 << 23) -> n
     walk order), S keys; step a touches its used keys in ascending order (key tile by key tile). A touch hits
     iff fewer than ``capacity_rows`` other rows were touched since the row's previous touch (LRU stack
     distance): the rows touched in the steps strictly between, those after it in its previous step and those
-    before it in this one. Counted with one-hot histograms over the previous-touch step, B streams at a time.
+    before it in this one. Counted step by step with one-hot histograms over the previous-touch step, vectorized
+    over keys and over as many streams as ``budget`` cells allow.
     """
     streams, steps, keys = used.shape
     last = np.where(used, np.arange(steps)[None, :, None], -1)
     prev = np.full_like(last, -1)
     prev[:, 1:] = np.maximum.accumulate(last, axis=1)[:, :-1]   # last step before a that touched the key
     miss = used.copy()
-    values = np.arange(steps + 1)
-    per = max(1, budget // max(1, steps * keys * (steps + 1)))
+    per = max(1, budget // max(1, keys * (steps + 1)))
     for b0 in range(0, streams, per):
-        p1 = prev[b0:b0 + per] + 1                                  # 0: never touched before
-        u = used[b0:b0 + per]
-        onehot = p1[..., None] == values                           # (b, A, S, A + 1)
-        hist = onehot.sum(axis=2, dtype=np.int32)                  # keys per previous-touch step
-        later = np.cumsum(hist[..., ::-1], axis=-1, dtype=np.int32)[..., ::-1] - hist
-        mid = np.take_along_axis(later, p1, axis=2)                # touched strictly in between
-        after = np.cumsum(onehot[:, :, ::-1], axis=2, dtype=np.int32)[:, :, ::-1] - onehot
-        same_after = np.take_along_axis(after, p1[..., None], axis=3)[..., 0]
-        touched = onehot & u[..., None]
-        before = np.cumsum(np.cumsum(touched, axis=2, dtype=np.int32) - touched, axis=3, dtype=np.int32)
-        now_before = np.take_along_axis(before, p1[..., None], axis=3)[..., 0]
-        hit = u & (p1 > 0) & (mid + same_after + now_before < capacity_rows)
-        miss[b0:b0 + per] &= ~hit
+        for a in range(1, steps):                                  # step 0 only misses
+            p1 = prev[b0:b0 + per, a] + 1                          # (b, S); 0: never touched before
+            u = used[b0:b0 + per, a]
+            onehot = p1[..., None] == np.arange(a + 1)             # (b, S, a + 1)
+            hist = onehot.sum(axis=1, dtype=np.int32)              # keys per previous-touch step
+            later = np.cumsum(hist[:, ::-1], axis=-1, dtype=np.int32)[:, ::-1] - hist
+            mid = np.take_along_axis(later, p1, axis=1)            # touched strictly in between
+            after = np.cumsum(onehot[:, ::-1], axis=1, dtype=np.int32)[:, ::-1] - onehot
+            same_after = np.take_along_axis(after, p1[..., None], axis=2)[..., 0]
+            touched = onehot & u[..., None]
+            before = np.cumsum(np.cumsum(touched, axis=1, dtype=np.int32) - touched, axis=2, dtype=np.int32)
+            now_before = np.take_along_axis(before, p1[..., None], axis=2)[..., 0]
+            hit = u & (p1 > 0) & (mid + same_after + now_before < capacity_rows)
+            miss[b0:b0 + per, a] &= ~hit
     return miss
 
 
