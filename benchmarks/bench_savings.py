@@ -6,13 +6,16 @@ The SRAM sweep counts bytes with the dataflow rule (soc.dataflow.demand on one f
 event loop counts exactly these (tests/test_dataflow.py, tests/test_savings.py), and the pruning does not
 depend on the SRAM. The SPRINT-like numbers come from full simulations.
 
-    python benchmarks/bench_savings.py          # (~5 min) writes benchmarks/results/savings.json, docs/img/dram_vs_sram.png
+    python benchmarks/bench_savings.py              # (~5 min) writes benchmarks/results/savings.json and
+                                                    # docs/img/dram_vs_sram.png
+    python benchmarks/bench_savings.py --plot-only  # redraws the figure from the results
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import soc
@@ -28,6 +31,8 @@ TRACES = {"minilm-l6": ROOT / "traces" / "minilm-l6-lighthouse.npz",
           "smollm2-135m": ROOT / "traces" / "smollm2-135m-bread.npz"}
 Q_TILES = (16, 32, 64, 128)
 SRAM_KB = (16, 24, 32, 48, 64, 96, 128, 192, 256)
+RESULTS = ROOT / "benchmarks" / "results" / "savings.json"
+FIGURE = ROOT / "docs" / "img" / "dram_vs_sram.png"
 SYNTH = "smollm2-135m synthetic 1024 tokens"
 FLOWS = {"hybrid tile-union": "stream", "hybrid row": "row", "hybrid cache": "cache"}
 
@@ -136,6 +141,10 @@ def plot(results: dict, path: Path) -> None:
         ax.set_xscale("log", base=2)
         ax.set_xticks(SRAM_KB, [str(k) for k in SRAM_KB])
         ax.set_yscale("log")
+        plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
+        ax.tick_params(axis="y", which="minor", labelsize=7)
         ax.set_xlabel("on-chip SRAM (KB)")
         ax.set_ylabel("DRAM bytes (MB, read + write)")
         ax.set_title(f"{name}, {res['sweep']['kept_fraction']:.0%} of pairs kept", fontsize=10)
@@ -156,10 +165,13 @@ def main() -> dict:
     # tokens (128 KB of K/V per KV head) shows the regime where K/V does not fit
     long = synth_trace(load_workload("smollm2-135m"), seq_len=1024, layers=4, seed=0)
     results[SYNTH] = {"sweep": sram_sweep(SYNTH, long)}
-    (ROOT / "benchmarks" / "results" / "savings.json").write_text(json.dumps(results, indent=1) + "\n")
-    plot(results, ROOT / "docs" / "img" / "dram_vs_sram.png")
+    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+    plot(results, FIGURE)
     return results
 
 
 if __name__ == "__main__":
-    main()
+    if "--plot-only" in sys.argv:  # redraw from the committed results
+        plot(json.loads(RESULTS.read_text()), FIGURE)
+    else:
+        main()

@@ -183,3 +183,17 @@ def test_row_buffer_that_does_not_fit_is_a_one_line_error(gqa_trace):
     cfg = load_config(PAPER, ["dataflow.kv_placement=row", "dataflow.survivor_buffer_bytes=100000"])
     with pytest.raises(WiringError, match="dataflow.survivor_buffer_bytes"):
         System(cfg, shape_of(gqa_trace))
+
+
+def test_default_run_on_minilm_prints_dram_vs_best_against_resident_dense():
+    """The paper's chip (auto: a 13 KB MiniLM head stays resident) against both baselines."""
+    trace = load_trace("traces/minilm-l6-lighthouse.npz")
+    r = simulate(load_config(PAPER), trace, model_accuracy=False).report
+    t = r["traffic"]
+    assert t["kv_placement"] == "resident" and t["dense_best"]["kv_placement"] == "resident"
+    m = trace.meta
+    q_out = 2 * m.layers * m.heads * m.seq_len * m.head_dim
+    # dense resident: every K/V row once per head, plus queries in and outputs back
+    assert t["dense_best"]["dram_read_bytes"] + t["dense_best"]["dram_write_bytes"] == \
+        q_out + m.layers * m.kv_heads * m.seq_len * 2 * m.head_dim
+    assert f"dram_vs_best {t['savings']['dram_vs_best']:.2f}x" in summary_text(r)
