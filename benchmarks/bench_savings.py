@@ -68,7 +68,9 @@ def sram_sweep(name: str, trace) -> dict:
     shape = shape_of(trace)
     funcs = {}
     for q_tile in Q_TILES:
-        cfg = load_config(ROOT / "configs" / "hybrid65nm.yaml", [f"dataflow.q_tile_rows={q_tile}"])
+        # cache: the functional pass then keeps the survivor sets row and cache need
+        cfg = load_config(ROOT / "configs" / "hybrid65nm.yaml", [f"dataflow.q_tile_rows={q_tile}",
+                                                                 "dataflow.kv_placement=cache"])
         funcs[q_tile] = (cfg, soc.simulate(cfg, trace, model_accuracy=False).functional)
     rows = []
     for kb in SRAM_KB:

@@ -103,10 +103,13 @@ def simulate(cfg: SocConfig, trace, *, recorder: Recorder = OFF, seed: int | Non
         calibration = (cal.q, cal.k)
     spec = pruning_spec(cfg)
     seed = cfg.seed
+    need_survivors = system.placement.needs_survivors  # row/cache dataflows: per-query survivor sets
+    if functional is not None and need_survivors and functional.survivors is None:
+        functional = None
     func = functional if functional is not None else run_functional(
         trace.q, trace.k, trace.v, scale=m.scale, causal=m.causal, query_offset=m.query_offset, pruning=spec,
         q_tile=cfg.dataflow.q_tile_rows, k_tile=system.key_tile, seed=seed, keep_output=keep_output,
-        keep_masks=keep_masks, calibration=calibration)
+        keep_masks=keep_masks, survivors=need_survivors, calibration=calibration)
     stats = system.run(func.chunks, func.survivors)
     report = build_report(cfg, trace, shape, func, stats, wall_s=time.perf_counter() - wall0)
     if model_accuracy:

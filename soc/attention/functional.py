@@ -193,13 +193,15 @@ def _check_args(scale: float, causal: bool, query_offset: int, seq_q: int, seq_k
 
 def run_functional(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, scale: float, causal: bool,
                    query_offset: int = 0, pruning: PruningSpec, q_tile: int, k_tile: int, seed: int = 0,
-                   keep_output: bool = False, keep_masks: bool = False,
+                   keep_output: bool = False, keep_masks: bool = False, survivors: bool = False,
                    calibration: tuple[np.ndarray, np.ndarray] | None = None) -> FunctionalResult:
     """Prune and compute attention for every layer of a trace; see :class:`FunctionalResult`.
 
     q (layers, heads, seq_q, head_dim); k, v (layers, kv_heads, seq_k, head_dim). ``calibration`` is an
     optional (q, k) pair of another trace with the same heads and head_dim and at least as many layers: its
     approximate scores set the calibrated threshold references (its causal offset is seq_k - seq_q).
+    ``survivors``: also keep the per-query survivor arrays the row and cache dataflows need (about
+    layers x heads x seq_q x key tiles x 8 bytes).
     """
     layers, heads, seq_q, head_dim, kv_heads, seq_k = _check_trace(q, k, v)
     _check_args(scale, causal, query_offset, seq_q, seq_k, pruning, q_tile, k_tile, seed)
@@ -258,7 +260,8 @@ def run_functional(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, scale: float,
             tally.add_layer(layer, valid=valid, keep=keep, logits=logits, probs_exact=probs_exact,
                             out_exact=out_exact, out_pruned=out_pruned)
             parts.append(_flat_counts(chunk_counts(keep, valid, q_tile, k_tile, group), layer, h0, group))
-            surv.append(survivor_tables(keep, valid, q_tile, k_tile, group))
+            if survivors:
+                surv.append(survivor_tables(keep, valid, q_tile, k_tile, group))
             if output is not None:
                 output[layer, h0:h1] = out_pruned
             if layer_mask is not None:
@@ -275,9 +278,9 @@ def run_functional(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, scale: float,
     for info, summary in zip(per_layer, tally.per_layer()):
         info.update({key: val for key, val in summary.items() if key != "layer"})
     per_slice = len(slices)
-    survivors = {key: np.stack([np.concatenate([s[key] for s in surv[i:i + per_slice]])
-                                for i in range(0, len(surv), per_slice)]) for key in SURVIVOR_KEYS}
+    tables = {key: np.stack([np.concatenate([s[key] for s in surv[i:i + per_slice]])
+                             for i in range(0, len(surv), per_slice)]) for key in SURVIVOR_KEYS} if surv else None
     return FunctionalResult(chunks=_concat_valid(parts),
                             dense_chunks=dense_table(valid, layers, heads, q_tile, k_tile, group),
                             accuracy=tally.as_dict(), per_layer=per_layer, output=output, masks=masks,
-                            survivors=survivors, valid=valid, group=group)
+                            survivors=tables, valid=valid, group=group)
