@@ -46,7 +46,8 @@ def build_report(cfg: SocConfig, trace, shape: Shape, func, stats, *, wall_s: fl
     # blocks with statistics of their own (the banked DRAM's row buffers) report them under "memory"
     memory = {name: b.extra_report() for name, b in blocks.items() if hasattr(b, "extra_report")}
     # K/V reuse: share of the rows the digital side needed that were already on chip (resident or reuse)
-    needed = float(func.chunks["union_keys"].sum())
+    # (row: a query needs its own kept rows, so a row counts once per query that keeps it)
+    needed = float(func.chunks["pairs_kept" if stats.placement.kv == "row" else "union_keys"].sum())
     kv_reuse = 1.0 - stats.kv_rows_fetched / needed if needed > 0 else None
     dram_h = measured["dram_read_bytes"] + measured["dram_write_bytes"]
     sram_h = measured["sram_read_bytes"] + measured["sram_write_bytes"]

@@ -118,7 +118,7 @@ def test_row_fetches_set_differences_plus_capacity_misses(buffer_bytes, gqa_trac
     msb = m.layers * m.kv_heads * m.seq_len * m.head_dim * cfg.cim.key_bits / 8
     assert t["dram_read_bytes"] == pytest.approx(q_bytes + msb + want * 2 * m.head_dim)
     kept = float(res.functional.chunks["pairs_kept"].sum())
-    assert t["kv_hit_rate"] == pytest.approx(1 - want / kept)
+    assert t["kv_hit_rate"] == pytest.approx(1 - want / kept) == pytest.approx(t["kv_reuse_hit_rate"])
     if buffer_bytes == 2048:  # 16 rows: some kept sets do not fit, so capacity misses add to the differences
         assert want > row_reference(res, 10 ** 9)
 
