@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from soc.config.loader import config_to_dict
-from soc.dataflow import traffic_totals
 
 if TYPE_CHECKING:
     from soc.simulate import Result
@@ -50,25 +49,32 @@ def build_report(result: "Result") -> dict[str, Any]:
         "dram_read_bytes": counts["dram"].get("read_bytes", 0.0), "dram_write_bytes": counts["dram"].get("write_bytes", 0.0),
         "sram_read_bytes": counts["sram"].get("read_bytes", 0.0), "sram_write_bytes": counts["sram"].get("write_bytes", 0.0),
     }
-    dense = traffic_totals(result.dense_demand, stats.placement)
+    dense, dense_best = result.dense_traffic, result.dense_best_traffic
     # blocks with statistics of their own (the banked DRAM's row buffers) report them under "memory"
     memory = {name: b.extra_report() for name, b in blocks.items() if hasattr(b, "extra_report")}
     # K/V reuse: share of the rows the digital side needed that were already on chip (resident or reuse)
-    needed = float(func.chunks["union_keys"].sum())
+    # (row: a query needs its own kept rows, so a row counts once per query that keeps it)
+    needed = float(func.chunks["pairs_kept" if stats.placement.kv == "row" else "union_keys"].sum())
     kv_reuse = 1.0 - stats.kv_rows_fetched / needed if needed > 0 else None
     dram_h = measured["dram_read_bytes"] + measured["dram_write_bytes"]
     sram_h = measured["sram_read_bytes"] + measured["sram_write_bytes"]
-    traffic = {**measured, "dense": dense, "savings": {
+    # row/cache: share of the survivor-buffer or cache-tag lookups that found the row on chip
+    lookups = getattr(stats, "kv_lookups", 0.0)
+    kv_hit = 1.0 - stats.kv_rows_fetched / lookups if stats.placement.kv in ("row", "cache") and lookups else None
+    traffic = {**measured, "dense": dense, "dense_best": dense_best, "savings": {
         "dram": _ratio(dense["dram_read_bytes"] + dense["dram_write_bytes"], dram_h),
+        "dram_vs_best": _ratio(dense_best["dram_read_bytes"] + dense_best["dram_write_bytes"], dram_h),
         "sram": _ratio(dense["sram_read_bytes"] + dense["sram_write_bytes"], sram_h)},
         "link_bytes": stats.link_bytes, "kv_placement": stats.placement.kv, "kv_reuse_hit_rate": kv_reuse,
+        "kv_hit_rate": kv_hit, "kv_lookups": lookups,
         "dram_row_hit_rate": memory.get("dram", {}).get("row_hit_rate"),
         "kmsb_on_chip": stats.placement.msb_on_chip}
 
     # --- ops: one convention (OPS_CONVENTION), counted per kind ------------------------------------------------
     cim_macs = sum(c.get("macs", 0.0) for n, c in counts.items() if n.startswith("cim"))
     dig_macs = sum(c.get("macs", 0.0) for n, c in counts.items() if n.startswith("digital"))
-    valid_pairs = float(func.dense_chunks["pairs_valid"].sum())
+    valid_pairs = float(shape.layers * shape.heads * np.count_nonzero(func.valid)) if func.valid is not None \
+        else float(func.dense_chunks["pairs_valid"].sum())
     ops = {"cim": opm * cim_macs, "digital": opm * dig_macs, "dense_equivalent": opm * 2.0 * valid_pairs * hd}
     dense_ops = ops["dense_equivalent"]
     performed_ops = ops["cim"] + ops["digital"]
@@ -209,6 +215,10 @@ def _workload_text(w: dict[str, Any]) -> str:
             f"{', causal' if w['causal'] else ''})")
 
 
+def _dram(t: dict[str, Any]) -> float:
+    return t["dram_read_bytes"] + t["dram_write_bytes"]
+
+
 def summary_text(r: dict[str, Any]) -> str:
     """A terminal summary a person reads in ten seconds."""
     w, t, p, a, tr, e = r["workload"], r["time"], r["pruning"], r["accuracy"], r["traffic"], r["energy"]
@@ -225,9 +235,10 @@ def summary_text(r: dict[str, Any]) -> str:
         f"  accuracy       output rel. error {a['output_rel_err']:.2e}, softmax mass kept {a['mass_kept']:.3f}, "
         f"top-1 agreement {a['top1_agreement']:.3f}",
         *_model_line(a.get("model")),
-        f"  DRAM traffic   {_fmt_bytes(tr['dram_read_bytes'] + tr['dram_write_bytes'])} "
-        f"(dense {_fmt_bytes(tr['dense']['dram_read_bytes'] + tr['dense']['dram_write_bytes'])}, "
-        f"savings {f(sav['dram'], '.2f')}x), K/V {tr['kv_placement']}",
+        f"  DRAM traffic   {_fmt_bytes(_dram(tr))}, K/V {tr['kv_placement']} (savings "
+        f"{f(sav['dram'], '.2f')}x vs dense {_fmt_bytes(_dram(tr['dense']))}, dram_vs_best "
+        f"{f(sav.get('dram_vs_best'), '.2f')}x vs best dense {_fmt_bytes(_dram(tr['dense_best']))} "
+        f"with K/V {tr['dense_best']['kv_placement']})",
         f"  SRAM traffic   {_fmt_bytes(tr['sram_read_bytes'] + tr['sram_write_bytes'])} "
         f"(savings {f(sav['sram'], '.2f')}x)",
         f"  energy         {e['total_j'] * 1e6:,.2f} uJ ({e['on_chip_j'] * 1e6:,.2f} uJ on chip); TOPS/W in the "

@@ -24,7 +24,7 @@ import numpy as np
 from soc.attention.functional import FunctionalResult, run_functional
 from soc.attention.spec import CimQuantSpec, LayerRule, PruningSpec
 from soc.config.schema import LayerPruning, PruningConfig, SocConfig
-from soc.dataflow import Shape, demand
+from soc.dataflow import Shape, dense_best_traffic, dense_traffic
 from soc.errors import ConfigError, TraceError
 from soc.recorder import OFF, Recorder
 from soc.system import SimStats, System
@@ -35,7 +35,8 @@ class Result:
     """A finished run. ``report`` (report.json as a dict) is made from it once, on first use, and never edited.
 
     ``stats`` holds the blocks, their ``result()`` hooks, the run's demand table, end time and events;
-    ``dense_demand`` is the dense counterfactual's demand table (same SoC, no pruning), computed once here.
+    ``dense_traffic`` (the same SoC and dataflow without pruning) and ``dense_best_traffic`` (the dense SoC at
+    the dataflow that minimises its DRAM bytes for the same SRAM) are the two baselines, computed once here.
     """
     config: SocConfig
     shape: Shape
@@ -43,7 +44,8 @@ class Result:
     trace_path: str | None
     functional: FunctionalResult
     stats: SimStats | None
-    dense_demand: dict[str, np.ndarray] | None
+    dense_traffic: dict[str, float] | None
+    dense_best_traffic: dict[str, Any] | None
     model_accuracy: dict[str, Any] | None
     wall_s: float
     error: BaseException | None = None
@@ -152,12 +154,18 @@ def simulate(cfg: SocConfig, trace, *, recorder: Recorder = OFF, seed: int | Non
         calibration = (cal.q, cal.k)
     spec = pruning_spec(cfg)
     seed = cfg.seed
+    need_survivors = system.placement.needs_survivors  # row/cache dataflows: per-query survivor sets
+    if functional is not None and need_survivors and functional.survivors is None:
+        functional = None
+    need_survivors = system.placement.needs_survivors  # row/cache dataflows: per-query survivor sets
+    if functional is not None and need_survivors and functional.survivors is None:
+        functional = None
     func = functional if functional is not None else run_functional(
         trace.q, trace.k, trace.v, scale=m.scale, causal=m.causal, query_offset=m.query_offset, pruning=spec,
         q_tile=cfg.dataflow.q_tile_rows, k_tile=system.key_tile, seed=seed, keep_output=keep_output,
-        keep_masks=keep_masks, calibration=calibration)
+        keep_masks=keep_masks, survivors=need_survivors, calibration=calibration)
     try:
-        stats = system.run(func.chunks, appends)
+        stats = system.run(func.chunks, appends, func.survivors)
     except Exception as exc:  # the partial result travels with the exception
         exc.result = assemble(cfg, trace, func, None, wall0=wall0, error=exc)  # type: ignore[attr-defined]
         raise
@@ -173,7 +181,11 @@ def assemble(cfg: SocConfig, trace, func: FunctionalResult, stats: SimStats | No
              wall0: float, error: BaseException | None = None) -> Result:
     """The one place a ``Result`` is made: the run's pieces plus the dense counterfactual's demand table."""
     shape = shape_of(trace)
-    dense = None if stats is None else demand(func.dense_chunks, dense_config(cfg), shape, stats.placement)
+    dense = best = None
+    if stats is not None:
+        dense_cfg = dense_config(cfg)
+        dense = dense_traffic(func, dense_cfg, shape, stats.placement)
+        best = dense_best_traffic(func, dense_cfg, shape)
     return Result(config=cfg, shape=shape, trace_meta=trace.meta, trace_path=getattr(trace, "path", None),
-                  functional=func, stats=stats, dense_demand=dense, model_accuracy=task,
+                  functional=func, stats=stats, dense_traffic=dense, dense_best_traffic=best, model_accuracy=task,
                   wall_s=time.perf_counter() - wall0, error=error)

@@ -37,10 +37,10 @@ from soc.topology import resolve_interconnect
 _ROW = ("layer", "head", "qtile", "ktile", "pairs_kept", "q_load_bytes", "q_msb_bytes", "kmsb_fetch_bytes",
         "kmsb_load_bytes", "write_ns", "score_ns", "mask_bytes", "kv_fetch_bytes", "kv_read_bytes", "compute_ns",
         "out_bytes", "cim_macs", "cim_compares", "array_write_bits", "digital_macs", "digital_exps",
-        "q_addr", "out_addr", "k_addr", "v_addr", "msb_addr", "kv_span_bytes", "kv_fetch_rows")
+        "q_addr", "out_addr", "k_addr", "v_addr", "msb_addr", "kv_span_bytes", "kv_fetch_rows", "lookup_ns")
 (LAYER, HEAD, QTILE, KTILE, KEPT, QLOAD, QMSB, KMSB_FETCH, KMSB_LOAD, WRITE_NS, SCORE_NS, MASK, KVFETCH, KVREAD,
  COMPUTE_NS, OUT, CIM_MACS, CIM_CMP, WBITS, DMACS, DEXPS, Q_ADDR, OUT_ADDR, K_ADDR, V_ADDR, MSB_ADDR, KV_SPAN,
- KV_ROWS) = range(len(_ROW))
+ KV_ROWS, LOOKUP_NS) = range(len(_ROW))
 
 
 @dataclass
@@ -62,6 +62,7 @@ class SimStats:
     pairs: int = 1  # CIM/digital pairs; heads go to them round-robin (``pair_of``)
     results: dict[str, dict[str, Any]] = field(default_factory=dict)  # every block's own result() hook
     tech: dict[str, Any] = field(default_factory=dict)  # the technology table used (name, file, corner)
+    kv_lookups: float = 0.0  # row/cache: survivor-buffer or cache-tag lookups (for their hit rate)
 
 
 class System:
@@ -203,6 +204,10 @@ class System:
         for _ in range(n):
             self.waiting[me] = f"token_buffer{i} (empty)"
             r = yield from tb.get()
+            if r[LOOKUP_NS]:
+                # row/cache: which kept rows are already on chip (survivor buffer or cache tags)
+                self.waiting[me] = "survivor lookups"
+                yield self.env.timeout(r[LOOKUP_NS])
             if r[KVFETCH]:
                 self.waiting[me] = "K/V fetch (dram -> sram)"
                 # the kept rows of K and of V: pieces spread over the key tile in each region
@@ -235,9 +240,11 @@ class System:
         self.waiting.pop(name, None)
 
     # --- run -----------------------------------------------------------------------------------------------
-    def timing_table(self, chunks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def timing_table(self, chunks: dict[str, np.ndarray],
+                     survivors: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """Demand plus the blocks' durations, per chunk (vectorized, before the event loop)."""
-        d = demand(chunks, self.cfg, self.shape, self.placement)
+        d = demand(chunks, self.cfg, self.shape, self.placement, survivors)
+        d["lookup_ns"] = d["kv_lookups"] / (self.cfg.dataflow.lookups_per_cycle * self.cfg.digital.clock_ghz)
         hd = self.shape.head_dim
         if self.cims:
             cim = self.cims[0]
@@ -259,14 +266,17 @@ class System:
             yield from self._move(src, dst, nbytes, label)
         self.waiting.pop("append", None)
 
-    def run(self, chunks: dict[str, np.ndarray], appends: tuple[tuple[str, str, float, str], ...] = ()) -> SimStats:
-        """Walk the tiles of ``chunks``; ``appends`` are (src, dst, bytes, label) transfers run alongside."""
+    def run(self, chunks: dict[str, np.ndarray], appends: tuple[tuple[str, str, float, str], ...] = (),
+            survivors: dict[str, np.ndarray] | None = None) -> SimStats:
+        """Walk the tiles of ``chunks``; ``appends`` are (src, dst, bytes, label) transfers run alongside;
+        ``survivors``: FunctionalResult.survivors (needed by the row and cache dataflows)."""
         wall0 = time.perf_counter()
-        table = self.timing_table(chunks)
+        table = self.timing_table(chunks, survivors)
         self._demand = table
         self._kv_rows_fetched = float(table["kv_fetch_rows"].sum())
+        self._kv_lookups = float(table["kv_lookups"].sum())
         cols = [np.asarray(chunks[k] if k in chunks else table[k]) for k in _ROW]
-        owner = pair_of(chunks, self.shape.heads, self.pairs)
+        owner = pair_of(chunks, self.shape.heads, self.pairs, self.shape.kv_heads)
         procs = []
         idx_all = chunks["layer"]
         for i in range(self.pairs):
@@ -306,6 +316,7 @@ class System:
         stats.link_bytes = {f"{u}->{v}": b for (u, v), b in self.net.link_bytes.items()}
         stats.token_buffer_peak = max(b.peak for b in self.buffers)
         stats.kv_rows_fetched = self._kv_rows_fetched
+        stats.kv_lookups = self._kv_lookups
         stats.blocks["interconnect"] = self.net
         stats.demand = self._demand
         stats.pairs = self.pairs
@@ -324,9 +335,13 @@ def cost_probe(cfg: SocConfig, section: str) -> Block:
     return block
 
 
-def pair_of(chunks: dict[str, np.ndarray], heads: int, pairs: int) -> np.ndarray:
-    """The CIM/digital pair that runs each chunk: (layer, head) round-robin over the pairs."""
-    return (chunks["layer"] * heads + chunks["head"]) % pairs
+def pair_of(chunks: dict[str, np.ndarray], heads: int, pairs: int, kv_heads: int | None = None) -> np.ndarray:
+    """The CIM/digital pair that runs each chunk: KV heads round-robin over the pairs, so a GQA group's query
+    heads run in sequence on one pair and share its K/V."""
+    kv_heads = kv_heads or heads
+    group = heads // kv_heads
+    kv_head = chunks["kv_head"] if "kv_head" in chunks else chunks["head"] // group
+    return (chunks["layer"] * kv_heads + kv_head) % pairs
 
 
 def _rows(cols: list[np.ndarray], idx: np.ndarray, block: int = 4096) -> Iterator[tuple]:
@@ -345,7 +360,7 @@ def _events(env: simpy.Environment) -> int:
     return int(next(eid))
 
 
-def tile_events(stats: SimStats, chunks: dict[str, np.ndarray], heads: int
+def tile_events(stats: SimStats, chunks: dict[str, np.ndarray], heads: int, kv_heads: int | None = None
                 ) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
     """Every block group's events per chunk, in the block's own counter names, split into the CIM side (query
     and key loads, scoring, the keep bitmap) and the digital side (K/V fetch, compute, output): what the stages
@@ -366,7 +381,7 @@ def tile_events(stats: SimStats, chunks: dict[str, np.ndarray], heads: int
     }
     # links: the bytes of every transfer on each hop of its pair's route
     net = stats.blocks["interconnect"]
-    pair = pair_of(chunks, heads, stats.pairs).astype(np.int64)
+    pair = pair_of(chunks, heads, stats.pairs, kv_heads).astype(np.int64)
     msb_src = "sram" if on_chip else "dram"
     sides = ([("dram", "sram", d["q_load_bytes"]), ("sram", "cim#", d["q_msb_bytes"]),
               ("dram", "sram", d["kmsb_fetch_bytes"]), (msb_src, "cim#", d["kmsb_load_bytes"]),

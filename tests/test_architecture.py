@@ -178,9 +178,15 @@ def test_the_result_carries_its_pieces_and_the_report_is_built_once(paper_cfg, s
     assert set(res.stats.results) >= {"cim0", "digital0", "sram", "dram", "interconnect", "other"}
     # the demand table of the run is the one the counters followed; the dense one is its counterfactual
     assert res.demand["digital_macs"].sum() == res.stats.results["digital0"]["counts"]["macs"]
-    from soc.dataflow import traffic_totals
+    from soc.dataflow import demand, traffic_totals
+    from soc.simulate import dense_config
 
-    assert res.report["traffic"]["dense"] == traffic_totals(res.dense_demand, res.stats.placement)
+    # the dense baseline (counted from the validity mask, once, in the Result) equals the demand rule applied
+    # to the no-pruning chunk table
+    table = demand(res.functional.dense_chunks, dense_config(res.config), res.shape, res.stats.placement)
+    assert res.report["traffic"]["dense"] == res.dense_traffic
+    for key, value in traffic_totals(table, res.stats.placement).items():
+        assert res.dense_traffic[key] == pytest.approx(value, rel=1e-12), key
 
 
 def test_a_failed_run_hands_its_partial_result_with_the_exception(paper_cfg, small_trace, monkeypatch):

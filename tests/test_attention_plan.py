@@ -6,34 +6,34 @@ import numpy as np
 import pytest
 
 from soc.attention.exact import valid_mask
-from soc.attention.plan import COUNT_KEYS, chunk_counts, tile_counts
+from soc.attention.plan import COUNT_KEYS, chunk_counts, survivor_tables, tile_counts
 
 
-def brute_counts(keep, valid, q_tile, k_tile):
+def brute_counts(keep, valid, q_tile, k_tile, group=1):
+    """``group`` query heads share a KV head and run one after another: "seen" and "previous" carry over."""
     heads, seq_q, seq_k = keep.shape
     nq, nk = -(-seq_q // q_tile), -(-seq_k // k_tile)
     out = {key: np.zeros((heads, nq, nk), dtype=np.int64) for key in COUNT_KEYS}
-    for h in range(heads):
+    for h, a in ((h, a) for h in range(heads) for a in range(nq)):
+        if h % group == 0 and a == 0:
+            seen, previous = [set() for _ in range(nk)], [set() for _ in range(nk)]
         for b in range(nk):
             keys = range(b * k_tile, min(seq_k, (b + 1) * k_tile))
-            seen = set()
-            previous = set()
-            for a in range(nq):
-                rows = range(a * q_tile, min(seq_q, (a + 1) * q_tile))
-                vh = valid if valid.ndim == 2 else valid[h]
-                kept = {(i, j) for i in rows for j in keys if keep[h, i, j] and vh[i, j]}
-                union = {j for _, j in kept}
-                out["q_rows"][h, a, b] = len(rows)
-                out["k_cols"][h, a, b] = len(keys)
-                out["pairs_valid"][h, a, b] = sum(bool(vh[i, j]) for i in rows for j in keys)
-                out["pairs_kept"][h, a, b] = len(kept)
-                out["union_keys"][h, a, b] = len(union)
-                out["new_keys"][h, a, b] = len(union - seen)
-                out["rows_kept"][h, a, b] = len({i for i, _ in kept})
-                out["prev_union_keys"][h, a, b] = len(previous)
-                out["shared_prev_keys"][h, a, b] = len(union & previous)
-                seen |= union
-                previous = union
+            rows = range(a * q_tile, min(seq_q, (a + 1) * q_tile))
+            vh = valid if valid.ndim == 2 else valid[h]
+            kept = {(i, j) for i in rows for j in keys if keep[h, i, j] and vh[i, j]}
+            union = {j for _, j in kept}
+            out["q_rows"][h, a, b] = len(rows)
+            out["k_cols"][h, a, b] = len(keys)
+            out["pairs_valid"][h, a, b] = sum(bool(vh[i, j]) for i in rows for j in keys)
+            out["pairs_kept"][h, a, b] = len(kept)
+            out["union_keys"][h, a, b] = len(union)
+            out["new_keys"][h, a, b] = len(union - seen[b])
+            out["rows_kept"][h, a, b] = len({i for i, _ in kept})
+            out["prev_union_keys"][h, a, b] = len(previous[b])
+            out["shared_prev_keys"][h, a, b] = len(union & previous[b])
+            seen[b] |= union
+            previous[b] = union
     return out
 
 
@@ -90,3 +90,39 @@ def test_tile_counts_and_errors():
         chunk_counts(np.ones((1, 2, 2), bool), np.ones((2, 2), bool), 0, 1)
     with pytest.raises(ValueError, match="valid: expected shape"):
         chunk_counts(np.ones((1, 2, 2), bool), np.ones((3, 2), bool), 1, 1)
+
+
+def test_gqa_counts_carry_over_the_query_heads_of_a_kv_head():
+    """6 query heads over 2 KV heads: a K/V row is new once per KV head, and a group's next query head
+    follows its previous one (its first tile's "previous" is the last tile of the head before)."""
+    rng = np.random.default_rng(5)
+    keep = rng.random((6, 11, 19)) < 0.3
+    valid = valid_mask(11, 19, True, 8)
+    got = chunk_counts(keep, valid, 4, 8, group=3)
+    ref = brute_counts(keep, valid, 4, 8, group=3)
+    for key in COUNT_KEYS:
+        np.testing.assert_array_equal(got[key], ref[key], err_msg=key)
+    kept = (keep & valid).reshape(2, 3 * 11, 19)
+    assert got["new_keys"].sum() == kept.any(axis=1).sum()
+    with pytest.raises(ValueError, match="group: expected a positive integer dividing the heads"):
+        chunk_counts(keep, valid, 4, 8, group=4)
+
+
+def test_survivor_tables_match_per_query_sets():
+    rng = np.random.default_rng(6)
+    heads, seq_q, seq_k, q_tile, k_tile, group = 4, 9, 13, 4, 5, 2
+    keep = rng.random((heads, seq_q, seq_k)) < 0.4
+    valid = valid_mask(seq_q, seq_k, True, 4)
+    got = survivor_tables(keep, valid, q_tile, k_tile, group)
+    kept = keep & valid
+    for h in range(heads):
+        for i in range(seq_q):
+            first = h % group == 0 and i == 0
+            prev = set() if first else set(np.flatnonzero(kept[h, i - 1] if i else kept[h - 1, -1]))
+            assert got["prev_total"][h, i] == (-1 if first else len(prev))
+            for b in range(-(-seq_k // k_tile)):
+                now = {j for j in np.flatnonzero(kept[h, i]) if b * k_tile <= j < (b + 1) * k_tile}
+                assert got["row_kept"][h, i, b] == len(now)
+                assert got["row_shared"][h, i, b] == len(now & prev)
+        for a in range(-(-seq_q // q_tile)):
+            np.testing.assert_array_equal(got["key_used"][h, a], kept[h, a * q_tile:(a + 1) * q_tile].any(axis=0))

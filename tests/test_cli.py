@@ -38,7 +38,7 @@ def test_dense_config_reports_exact_output(tmp_path, capsys):
     assert report["pruning"]["kept_fraction"] == 1.0
     assert report["accuracy"]["output_rel_err"] < 1e-5
     hybrid = tmp_path / "h"
-    assert main(["run", "--out", str(hybrid)]) == 0
+    assert main(["run", "--set", "dataflow.kv_placement=stream", "--out", str(hybrid)]) == 0
     r = json.loads((hybrid / "report.json").read_text())
     assert r["pruning"]["kept_fraction"] < 1 and r["traffic"]["savings"]["dram"] > 1
 

@@ -32,14 +32,14 @@ def test_dense_dram_bytes_per_token_grow_linearly_with_the_cache(trace):
     hd = m.head_dim
     for row in d["per_step"]:
         n = row["cache_tokens"]
-        # every query head loads its query row, fetches all n K/V rows (stream) and writes its output row;
-        # the new token's K/V row is appended once per kv head (GQA: 3 rows, not 9)
-        expected = (LAYERS * m.heads * (hd * elem + hd * out_b + n * 2 * hd * elem)
+        # every query head loads its query row and writes its output row; each kv head's n K/V rows are fetched
+        # once for its group (GQA: 3 fetches, not 9), and the new token's K/V row is appended once per kv head
+        expected = (LAYERS * m.heads * (hd * elem + hd * out_b) + LAYERS * m.kv_heads * n * 2 * hd * elem
                     + LAYERS * m.kv_heads * 2 * hd * elem)
         assert row["dram_bytes"] == expected
     steps = d["per_step"]
     slope = {b["dram_bytes"] - a["dram_bytes"] for a, b in zip(steps, steps[1:])}
-    assert slope == {LAYERS * m.heads * 2 * hd * elem}
+    assert slope == {LAYERS * m.kv_heads * 2 * hd * elem}
     assert d["dram_bytes_per_token"]["hybrid"] == pytest.approx(np.mean([r["dram_bytes"] for r in steps]))
 
 
@@ -56,11 +56,16 @@ def test_pruned_dram_bytes_follow_the_masks_plus_key_msbs(trace):
                               pruning=pruning_spec(cfg), q_tile=32, k_tile=cfg.cim.key_tile(hd),
                               seed=cfg.seed + t, keep_masks=True)
         kept_keys = sum(int(mask.sum()) for mask in func.masks)  # one query row: kept pairs = kept keys
-        msb = LAYERS * m.heads * n * hd * kb / 8  # every query head's array load reads the cache's MSBs
+        group = m.heads // m.kv_heads
+        # a kv head's rows kept by any query head of its group are fetched once; its key MSBs fill the array
+        # once per step for the whole group
+        kept_rows = sum(int(mask.reshape(m.kv_heads, group, -1).any(axis=1).sum()) for mask in func.masks)
+        msb = LAYERS * m.kv_heads * n * hd * kb / 8
         append = LAYERS * m.kv_heads * (2 * hd * elem + hd * kb / 8)
-        expected = LAYERS * m.heads * hd * (elem + out_b) + kept_keys * 2 * hd * elem + msb + append
+        expected = LAYERS * m.heads * hd * (elem + out_b) + kept_rows * 2 * hd * elem + msb + append
         assert row["dram_bytes"] == pytest.approx(expected, rel=1e-12)
-        dense = LAYERS * m.heads * (hd * (elem + out_b) + n * 2 * hd * elem) + LAYERS * m.kv_heads * 2 * hd * elem
+        dense = (LAYERS * m.heads * hd * (elem + out_b) + LAYERS * m.kv_heads * n * 2 * hd * elem
+                 + LAYERS * m.kv_heads * 2 * hd * elem)
         assert row["dense_dram_bytes"] == dense
         assert 0.2 < kept_keys / (LAYERS * m.heads * n) < 0.3  # the config's 25 % target
     assert d["dram_savings_per_token"] == pytest.approx(

@@ -18,7 +18,7 @@ import numpy as np
 from soc.attention.approx import approx_scores, head_cores
 from soc.attention.exact import kv_for_heads, scores, softmax_masked, valid_mask, weighted_sum
 from soc.attention.metrics import AccuracyTally
-from soc.attention.plan import COUNT_KEYS, chunk_counts
+from soc.attention.plan import COUNT_KEYS, chunk_counts, survivor_tables
 from soc.attention.pruning import (calibrate_thresholds, fixed_thresholds, forced_keys, prune_mask,
                                   quantile_threshold)
 from soc.attention.spec import LayerRule, PruningSpec
@@ -29,7 +29,9 @@ MAX_LAYER_ELEMENTS = 2 ** 26
 #: Layer-granularity calibration over head-by-head layers uses at most this many (evenly strided) samples.
 CALIBRATION_SAMPLE_CAP = 2 ** 24
 
-CHUNK_INDEX_KEYS = ("layer", "head", "qtile", "ktile")
+CHUNK_INDEX_KEYS = ("layer", "head", "qtile", "ktile", "kv_head")
+#: Per-layer survivor arrays (soc.attention.plan.survivor_tables), stacked over layers in FunctionalResult.
+SURVIVOR_KEYS = ("key_used", "row_kept", "row_shared", "prev_total")
 
 
 @dataclass
@@ -39,6 +41,9 @@ class FunctionalResult:
     ``chunks`` and ``dense_chunks`` hold flat int64 arrays in (layer, head, qtile, ktile) order under
     :data:`CHUNK_INDEX_KEYS` + :data:`~soc.attention.plan.COUNT_KEYS`; chunks with no valid pair are dropped,
     so the two tables align row by row (``dense_chunks`` is the no-pruning counterfactual, keep = valid).
+    ``kv_head`` is the KV head a query head reads (GQA: ``head // (heads / kv_heads)``). ``survivors`` holds the
+    per-query survivor arrays of :data:`SURVIVOR_KEYS` with a leading layer axis (for the row and cache
+    dataflows); ``valid`` the (seq_q, seq_k) validity the dense counterfactuals are built from.
     """
 
     chunks: dict[str, np.ndarray]
@@ -47,12 +52,16 @@ class FunctionalResult:
     per_layer: list[dict]
     output: np.ndarray | None = None
     masks: list[np.ndarray] | None = None
+    survivors: dict[str, np.ndarray] | None = None
+    valid: np.ndarray | None = None
+    group: int = 1
 
 
-def _head_slices(heads: int, seq_q: int, seq_k: int) -> list[tuple[int, int]]:
+def _head_slices(heads: int, seq_q: int, seq_k: int, group: int = 1) -> list[tuple[int, int]]:
+    """Slices of whole GQA groups (what a KV head shares is counted within one slice)."""
     if heads * seq_q * seq_k <= MAX_LAYER_ELEMENTS:
         return [(0, heads)]
-    return [(h, h + 1) for h in range(heads)]
+    return [(h, h + group) for h in range(0, heads, group)]
 
 
 def _head_rngs(seed: int, stream: int, layer: int, h0: int, h1: int) -> list[np.random.Generator]:
@@ -134,11 +143,11 @@ def _layer_thresholds(rule: LayerRule, layer: int, q_l: np.ndarray, k_l: np.ndar
     return _calibrate(rule, q_l, k_l, valid, pruning, scale, seed, 0, layer), False
 
 
-def _flat_counts(counts: dict[str, np.ndarray], layer: int, h0: int) -> dict[str, np.ndarray]:
+def _flat_counts(counts: dict[str, np.ndarray], layer: int, h0: int, group: int = 1) -> dict[str, np.ndarray]:
     heads, nq, nk = counts["q_rows"].shape
     index = np.indices((heads, nq, nk)).reshape(3, -1)
     flat = {"layer": np.full(index.shape[1], layer, dtype=np.int64), "head": index[0] + h0,
-            "qtile": index[1], "ktile": index[2]}
+            "qtile": index[1], "ktile": index[2], "kv_head": (index[0] + h0) // group}
     flat.update({key: counts[key].reshape(-1) for key in COUNT_KEYS})
     return {key: val.astype(np.int64, copy=False) for key, val in flat.items()}
 
@@ -150,14 +159,18 @@ def _concat_valid(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {key: val[live] for key, val in table.items()}
 
 
-def _dense_table(valid: np.ndarray, layers: int, heads: int, q_tile: int,
-                 k_tile: int) -> dict[str, np.ndarray]:
-    """The no-pruning chunk table: identical for every (layer, head), so counted once and tiled."""
-    one = _concat_valid([_flat_counts(chunk_counts(valid[None], valid, q_tile, k_tile), 0, 0)])
-    per_head = len(one["pairs_valid"])
-    table = {key: np.tile(val, layers * heads) for key, val in one.items()}
-    lh = np.repeat(np.arange(layers * heads, dtype=np.int64), per_head)
-    table["layer"], table["head"] = lh // heads, lh % heads
+def dense_table(valid: np.ndarray, layers: int, heads: int, q_tile: int, k_tile: int,
+                group: int = 1) -> dict[str, np.ndarray]:
+    """The no-pruning chunk table: identical for every (layer, KV group), so counted once and tiled."""
+    keep = np.broadcast_to(valid, (group, *valid.shape))
+    one = _concat_valid([_flat_counts(chunk_counts(keep, valid, q_tile, k_tile, group), 0, 0, group)])
+    per_group = len(one["pairs_valid"])
+    groups = layers * heads // group
+    table = {key: np.tile(val, groups) for key, val in one.items()}
+    lg = np.repeat(np.arange(groups, dtype=np.int64), per_group)
+    table["layer"] = lg // (heads // group)
+    table["kv_head"] = lg % (heads // group)
+    table["head"] = table["kv_head"] * group + one["head"][np.tile(np.arange(per_group), groups)]
     return table
 
 
@@ -182,13 +195,15 @@ def _check_args(scale: float, causal: bool, query_offset: int, seq_q: int, seq_k
 
 def run_functional(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, scale: float, causal: bool,
                    query_offset: int = 0, pruning: PruningSpec, q_tile: int, k_tile: int, seed: int = 0,
-                   keep_output: bool = False, keep_masks: bool = False,
+                   keep_output: bool = False, keep_masks: bool = False, survivors: bool = False,
                    calibration: tuple[np.ndarray, np.ndarray] | None = None) -> FunctionalResult:
     """Prune and compute attention for every layer of a trace; see :class:`FunctionalResult`.
 
     q (layers, heads, seq_q, head_dim); k, v (layers, kv_heads, seq_k, head_dim). ``calibration`` is an
     optional (q, k) pair of another trace with the same heads and head_dim and at least as many layers: its
     approximate scores set the calibrated threshold references (its causal offset is seq_k - seq_q).
+    ``survivors``: also keep the per-query survivor arrays the row and cache dataflows need (about
+    layers x heads x seq_q x key tiles x 8 bytes).
     """
     layers, heads, seq_q, head_dim, kv_heads, seq_k = _check_trace(q, k, v)
     _check_args(scale, causal, query_offset, seq_q, seq_k, pruning, q_tile, k_tile, seed)
@@ -208,12 +223,14 @@ def run_functional(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, scale: float,
                              f"got {cq.shape}, {ck.shape}")
         cal_valid = valid_mask(c_seq_q, c_seq_k, causal, c_seq_k - c_seq_q if causal else 0)
 
-    slices = _head_slices(heads, seq_q, seq_k)
+    group = heads // kv_heads
+    slices = _head_slices(heads, seq_q, seq_k, group)
     tally = AccuracyTally()
     parts: list[dict[str, np.ndarray]] = []
     per_layer: list[dict] = []
     output = np.empty((layers, heads, seq_q, head_dim), dtype=np.float32) if keep_output else None
     masks: list[np.ndarray] | None = [] if keep_masks else None
+    surv: list[dict[str, np.ndarray]] = []
 
     for layer in range(layers):
         rule = pruning.for_layer(layer)
@@ -247,7 +264,9 @@ def run_functional(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, scale: float,
                 out_pruned = weighted_sum(softmax_masked(logits, keep), v_h)
             tally.add_layer(layer, valid=valid, keep=keep, logits=logits, probs_exact=probs_exact,
                             out_exact=out_exact, out_pruned=out_pruned)
-            parts.append(_flat_counts(chunk_counts(keep, valid, q_tile, k_tile), layer, h0))
+            parts.append(_flat_counts(chunk_counts(keep, valid, q_tile, k_tile, group), layer, h0, group))
+            if survivors:
+                surv.append(survivor_tables(keep, valid, q_tile, k_tile, group))
             if output is not None:
                 output[layer, h0:h1] = out_pruned
             if layer_mask is not None:
@@ -263,6 +282,10 @@ def run_functional(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, scale: float,
 
     for info, summary in zip(per_layer, tally.per_layer()):
         info.update({key: val for key, val in summary.items() if key != "layer"})
+    per_slice = len(slices)
+    tables = {key: np.stack([np.concatenate([s[key] for s in surv[i:i + per_slice]])
+                             for i in range(0, len(surv), per_slice)]) for key in SURVIVOR_KEYS} if surv else None
     return FunctionalResult(chunks=_concat_valid(parts),
-                            dense_chunks=_dense_table(valid, layers, heads, q_tile, k_tile),
-                            accuracy=tally.as_dict(), per_layer=per_layer, output=output, masks=masks)
+                            dense_chunks=dense_table(valid, layers, heads, q_tile, k_tile, group),
+                            accuracy=tally.as_dict(), per_layer=per_layer, output=output, masks=masks,
+                            survivors=tables, valid=valid, group=group)

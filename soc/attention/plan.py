@@ -9,7 +9,13 @@ chip), and how many rows keep anything (``rows_kept``). For K/V rows that stay i
 the next, ``prev_union_keys`` counts the keys the previous query tile of the same head and key tile needed and
 ``shared_prev_keys`` those it shares with this one (adjacent queries share most survivors).
 
+Grouped-query attention: K/V rows belong to KV heads, each shared by ``group`` consecutive query heads that the
+SoC walks one after another (head-major, then query tiles). "Earlier" and "previous" run over that walk, so
+``new_keys`` counts a K/V row once per KV head and the first query tile of a group's second head follows the
+last query tile of its first head.
+
 All counts come from one padded reshape (H, nq, q_tile, nk, k_tile) of the masks; no loop over chunks.
+:func:`survivor_tables` gives what the per-query (``row``) and cached (``cache``) dataflows need beyond that.
 """
 
 from __future__ import annotations
@@ -37,10 +43,22 @@ def _tiled(mask: np.ndarray, q_tile: int, k_tile: int) -> np.ndarray:
     return mask.reshape(heads, nq, q_tile, nk, k_tile)
 
 
-def chunk_counts(keep: np.ndarray, valid: np.ndarray, q_tile: int, k_tile: int) -> dict[str, np.ndarray]:
+def _check_group(heads: int, group: int) -> None:
+    if isinstance(group, bool) or not isinstance(group, (int, np.integer)) or group < 1 or heads % group:
+        raise ValueError(f"group: expected a positive integer dividing the heads ({heads}), got {group!r}")
+
+
+def _walk(a: np.ndarray, group: int) -> np.ndarray:
+    """(H, n, ...) -> (H / group, group * n, ...): a KV head's query heads one after another."""
+    return a.reshape(a.shape[0] // group, group * a.shape[1], *a.shape[2:])
+
+
+def chunk_counts(keep: np.ndarray, valid: np.ndarray, q_tile: int, k_tile: int,
+                 group: int = 1) -> dict[str, np.ndarray]:
     """Counts per chunk for a keep mask (H, Sq, Sk) and validity (Sq, Sk) or (H, Sq, Sk).
 
     Returns int64 arrays of shape (H, nq, nk) under :data:`COUNT_KEYS`. ``keep`` is ANDed with ``valid``.
+    ``group``: consecutive query heads sharing one KV head (GQA; 1 for multi-head attention).
     """
     if keep.ndim != 3:
         raise ValueError(f"keep: expected a (heads, seq_q, seq_k) mask, got shape {keep.shape}")
@@ -50,6 +68,7 @@ def chunk_counts(keep: np.ndarray, valid: np.ndarray, q_tile: int, k_tile: int) 
     for name, tile in (("q_tile", q_tile), ("k_tile", k_tile)):
         if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 1:
             raise ValueError(f"{name}: expected a positive integer, got {tile!r}")
+    _check_group(heads, group)
     keep = keep & valid
     q_sizes, k_sizes = tile_counts(seq_q, q_tile), tile_counts(seq_k, k_tile)
     nq, nk = len(q_sizes), len(k_sizes)
@@ -61,14 +80,15 @@ def chunk_counts(keep: np.ndarray, valid: np.ndarray, q_tile: int, k_tile: int) 
     pairs_kept = tiles.sum(axis=(2, 4), dtype=np.int64)
     key_used = tiles.any(axis=2)                      # (H, nq, nk, k_tile): kept by some row of the chunk
     row_used = tiles.any(axis=4)                      # (H, nq, q_tile, nk): row keeps some key in the chunk
-    # A key is new in query tile i if no earlier query tile of the same head and key tile kept it.
-    seen_before = np.zeros_like(key_used)
-    if nq > 1:
-        seen_before[:, 1:] = np.logical_or.accumulate(key_used, axis=1)[:, :-1]
-    new = key_used & ~seen_before
-    prev_used = np.zeros_like(key_used)
-    if nq > 1:
-        prev_used[:, 1:] = key_used[:, :-1]
+    # A key is new in query tile i if no earlier query tile of the same KV head and key tile kept it.
+    walk = _walk(key_used, group)                     # (KV, group * nq, nk, k_tile) in walk order
+    seen_before = np.zeros_like(walk)
+    prev_used = np.zeros_like(walk)
+    if walk.shape[1] > 1:
+        seen_before[:, 1:] = np.logical_or.accumulate(walk, axis=1)[:, :-1]
+        prev_used[:, 1:] = walk[:, :-1]
+    new = (walk & ~seen_before).reshape(key_used.shape)
+    prev_used = prev_used.reshape(key_used.shape)
     return {
         "q_rows": np.broadcast_to(q_sizes[None, :, None], shape).copy(),
         "k_cols": np.broadcast_to(k_sizes[None, None, :], shape).copy(),
@@ -80,3 +100,37 @@ def chunk_counts(keep: np.ndarray, valid: np.ndarray, q_tile: int, k_tile: int) 
         "prev_union_keys": prev_used.sum(axis=-1, dtype=np.int64),
         "shared_prev_keys": (key_used & prev_used).sum(axis=-1, dtype=np.int64),
     }
+
+
+def survivor_tables(keep: np.ndarray, valid: np.ndarray, q_tile: int, k_tile: int,
+                    group: int = 1) -> dict[str, np.ndarray]:
+    """Per-query and per-tile survivor sets for the ``row`` and ``cache`` dataflows (shapes as chunk_counts).
+
+    - ``key_used`` (H, nq, Sk) bool: the keys some row of each query tile keeps (the rows a tile needs);
+    - ``row_kept`` (H, Sq, nk) int32: keys each query keeps in each key tile;
+    - ``row_shared`` (H, Sq, nk) int32: of those, the keys the previous query in the walk kept too (0 for the
+      first query of a KV head);
+    - ``prev_total`` (H, Sq) int32: how many keys that previous query kept in all (-1 for the first query:
+      nothing to reuse), so a survivor buffer's capacity can be applied later without the masks.
+    """
+    heads, seq_q, seq_k = keep.shape
+    _check_group(heads, group)
+    keep = keep & valid
+    nk = -(-seq_k // k_tile)
+    tiles = _tiled(keep, q_tile, k_tile)
+    key_used = tiles.any(axis=2).reshape(heads, tiles.shape[1], -1)[:, :, :seq_k]
+    rows = _walk(keep, group)                          # (KV, group * Sq, Sk)
+    prev = np.zeros_like(rows)
+    prev[:, 1:] = rows[:, :-1]
+    shared = rows & prev
+    pad = nk * k_tile - seq_k
+
+    def per_tile(m: np.ndarray) -> np.ndarray:
+        m = np.pad(m, ((0, 0), (0, 0), (0, pad))) if pad else m
+        return m.reshape(heads, seq_q, nk, k_tile).sum(axis=-1, dtype=np.int32)
+
+    total = rows.sum(axis=-1, dtype=np.int32)
+    prev_total = np.full_like(total, -1)
+    prev_total[:, 1:] = total[:, :-1]
+    return {"key_used": key_used, "row_kept": per_tile(keep), "row_shared": per_tile(shared.reshape(keep.shape)),
+            "prev_total": prev_total.reshape(heads, seq_q)}

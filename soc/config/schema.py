@@ -68,15 +68,29 @@ class PruningConfig:
 
 @dataclass(frozen=True)
 class DataflowConfig:
-    q_tile_rows: int = param(16, ge=1, le=4096, doc="Query rows per tile (one CIM pass, one digital job).")
+    q_tile_rows: int = param(16, ge=1, le=4096,
+                             doc="Query rows per tile (one CIM pass, one digital job). Under stream it is the "
+                                 "tile-union knob: a tile fetches the union of its rows' kept keys, so larger "
+                                 "tiles fetch each K/V row for fewer tiles but keep less of the pruning's saving "
+                                 "(on MiniLM at 25% kept the union covers 25/46/67/76% of keys at 1/4/16/32 rows).")
     element_bytes: int = param(1, ge=1, le=4, doc="Bytes per Q/K/V element in SRAM and DRAM (int8 = 1).")
     output_bytes: int = param(1, ge=1, le=4, doc="Bytes per attention-output element written back.")
-    kv_placement: str = param("auto", choices=("auto", "resident", "stream", "reuse"),
-                              doc="resident: each K/V row fetched from DRAM at most once per head (needs the "
-                                  "head's K/V to fit in SRAM); stream: fetched for every query tile that keeps "
-                                  "it; reuse: like stream, but rows the previous query tile fetched stay in SRAM "
-                                  "and are not fetched again while both tiles' rows fit; auto: resident when it "
-                                  "fits, else stream.")
+    kv_placement: str = param("auto", choices=("auto", "resident", "stream", "reuse", "row", "cache"),
+                              doc="How K/V rows reach SRAM. resident: each row fetched at most once per KV head "
+                                  "(the head's K/V must fit); stream: the union of a query tile's kept rows, "
+                                  "fetched for every tile; reuse: stream, but the previous tile's rows stay while "
+                                  "both tiles' rows fit; row (SPRINT): per query, the kept rows the previous query "
+                                  "did not keep, from a survivor buffer of survivor_buffer_bytes; cache: an LRU "
+                                  "cache of K/V rows in the SRAM left after the query tile and key MSBs, across "
+                                  "query tiles and the query heads of a GQA group; auto: resident if it fits, "
+                                  "else stream.")
+    survivor_buffer_bytes: int = param(16384, ge=0, le=1 << 34,
+                                       doc="row: SRAM holding the previous query's kept K/V rows; a query whose "
+                                           "kept set does not fit leaves nothing for the next one.")
+    lookups_per_cycle: int = param(4, ge=1, le=4096,
+                                   doc="row and cache: survivor-buffer or cache-tag lookups per digital clock "
+                                       "cycle (one per kept key of each query for row, one per needed row for "
+                                       "cache), done in the fetch stage before the K/V rows move.")
 
 
 @dataclass(frozen=True)

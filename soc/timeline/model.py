@@ -157,7 +157,7 @@ def chunk_energy_pj(result) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         first.setdefault(name.rstrip("0123456789"), block)
     n = len(result.functional.chunks["layer"])
     out = {}
-    for group, sides in tile_events(stats, result.functional.chunks, result.shape.heads).items():
+    for group, sides in tile_events(stats, result.functional.chunks, result.shape.heads, result.shape.kv_heads).items():
         block = first.get(group)
         priced = []
         for events in sides:
