@@ -15,12 +15,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from soc.attention.approx import approx_scores
-from soc.attention.exact import kv_for_heads, scores, softmax_masked, valid_mask, weighted_sum
+from soc import progress
+from soc.attention.cim_layer import cim_scores, head_rngs, prune_layer
+from soc.attention.exact import AttentionWork, kv_for_heads, valid_mask
 from soc.attention.metrics import AccuracyTally
-from soc.attention.plan import COUNT_KEYS, chunk_counts
-from soc.attention.pruning import calibrate_thresholds, fixed_thresholds, prune_mask, quantile_threshold
+from soc.attention.pruning import calibrate_thresholds, fixed_thresholds, quantile_threshold
 from soc.attention.spec import LayerRule, PruningSpec
+from soc.attention.table import CHUNK_INDEX_KEYS, ChunkTable, repeat_heads
 from soc.errors import ConfigError, TraceError
 
 #: Above this many score elements per layer (heads * seq_q * seq_k), heads are processed one at a time.
@@ -28,34 +29,47 @@ MAX_LAYER_ELEMENTS = 2 ** 26
 #: Layer-granularity calibration over head-by-head layers uses at most this many (evenly strided) samples.
 CALIBRATION_SAMPLE_CAP = 2 ** 24
 
-CHUNK_INDEX_KEYS = ("layer", "head", "qtile", "ktile")
+__all__ = ["CHUNK_INDEX_KEYS", "FunctionalResult", "run_functional", "MAX_LAYER_ELEMENTS"]
+
+_head_rngs = head_rngs  # the name the faces used before soc.attention.cim_layer existed
 
 
 @dataclass
 class FunctionalResult:
     """What the functional pass hands to the timing model and the report.
 
-    ``chunks`` and ``dense_chunks`` hold flat int64 arrays in (layer, head, qtile, ktile) order under
-    :data:`CHUNK_INDEX_KEYS` + :data:`~soc.attention.plan.COUNT_KEYS`; chunks with no valid pair are dropped,
-    so the two tables align row by row (``dense_chunks`` is the no-pruning counterfactual, keep = valid).
+    ``chunks`` holds flat int32 arrays in (layer, head, qtile, ktile) order under
+    :data:`CHUNK_INDEX_KEYS` + :data:`~soc.attention.plan.COUNT_KEYS`; chunks with no valid pair are dropped.
+    The no-pruning counterfactual (keep = valid) is the same for every (layer, head): ``dense_head`` is one
+    head's table (layer = head = 0), ``dense_chunks`` repeats it for the whole trace on demand, row-aligned
+    with ``chunks`` (it is not kept: build it once where it is needed, or scale per-head sums by
+    ``dense_repeats``).
     """
 
     chunks: dict[str, np.ndarray]
-    dense_chunks: dict[str, np.ndarray]
+    dense_head: dict[str, np.ndarray]
+    layers: int
+    heads: int
     accuracy: dict
     per_layer: list[dict]
     output: np.ndarray | None = None
     masks: list[np.ndarray] | None = None
+
+    @property
+    def dense_repeats(self) -> int:
+        """How many (layer, head) copies of ``dense_head`` make the dense counterfactual."""
+        return self.layers * self.heads
+
+    @property
+    def dense_chunks(self) -> dict[str, np.ndarray]:
+        """The whole no-pruning chunk table (built anew at each access)."""
+        return repeat_heads(self.dense_head, self.layers, self.heads)
 
 
 def _head_slices(heads: int, seq_q: int, seq_k: int) -> list[tuple[int, int]]:
     if heads * seq_q * seq_k <= MAX_LAYER_ELEMENTS:
         return [(0, heads)]
     return [(h, h + 1) for h in range(heads)]
-
-
-def _head_rngs(seed: int, stream: int, layer: int, h0: int, h1: int) -> list[np.random.Generator]:
-    return [np.random.default_rng([seed, stream, layer, h]) for h in range(h0, h1)]
 
 
 def _check_trace(q: np.ndarray, k: np.ndarray, v: np.ndarray, what: str = "") -> tuple[int, ...]:
@@ -100,8 +114,8 @@ def _calibrate(rule: LayerRule, q_l: np.ndarray, k_l: np.ndarray, valid: np.ndar
     samples = []
     stride = max(1, math.ceil(heads * int(np.count_nonzero(valid)) / CALIBRATION_SAMPLE_CAP))
     for h0, h1 in slices:
-        approx = approx_scores(q_l[h0:h1], kv_for_heads(k_l, h0, h1, heads), pruning.quant, scale,
-                               head_rngs=_head_rngs(seed, stream, layer, h0, h1)).scores
+        approx = cim_scores(q_l[h0:h1], kv_for_heads(k_l, h0, h1, heads), pruning.quant, scale, seed=seed,
+                            layer=layer, first_head=h0, stream=stream).scores
         if rule.granularity == "head" or len(slices) == 1:
             thr[h0:h1] = calibrate_thresholds(approx, valid, frac, rule.granularity)
         else:
@@ -130,33 +144,6 @@ def _layer_thresholds(rule: LayerRule, layer: int, q_l: np.ndarray, k_l: np.ndar
     if inline_ok or rule.granularity == "head":
         return np.empty(heads), True
     return _calibrate(rule, q_l, k_l, valid, pruning, scale, seed, 0, layer), False
-
-
-def _flat_counts(counts: dict[str, np.ndarray], layer: int, h0: int) -> dict[str, np.ndarray]:
-    heads, nq, nk = counts["q_rows"].shape
-    index = np.indices((heads, nq, nk)).reshape(3, -1)
-    flat = {"layer": np.full(index.shape[1], layer, dtype=np.int64), "head": index[0] + h0,
-            "qtile": index[1], "ktile": index[2]}
-    flat.update({key: counts[key].reshape(-1) for key in COUNT_KEYS})
-    return {key: val.astype(np.int64, copy=False) for key, val in flat.items()}
-
-
-def _concat_valid(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    keys = CHUNK_INDEX_KEYS + COUNT_KEYS
-    table = {key: np.concatenate([part[key] for part in parts]) for key in keys}
-    live = table["pairs_valid"] > 0
-    return {key: val[live] for key, val in table.items()}
-
-
-def _dense_table(valid: np.ndarray, layers: int, heads: int, q_tile: int,
-                 k_tile: int) -> dict[str, np.ndarray]:
-    """The no-pruning chunk table: identical for every (layer, head), so counted once and tiled."""
-    one = _concat_valid([_flat_counts(chunk_counts(valid[None], valid, q_tile, k_tile), 0, 0)])
-    per_head = len(one["pairs_valid"])
-    table = {key: np.tile(val, layers * heads) for key, val in one.items()}
-    lh = np.repeat(np.arange(layers * heads, dtype=np.int64), per_head)
-    table["layer"], table["head"] = lh // heads, lh % heads
-    return table
 
 
 def _check_args(scale: float, causal: bool, query_offset: int, seq_q: int, seq_k: int, pruning: PruningSpec,
@@ -208,56 +195,58 @@ def run_functional(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, scale: float,
 
     slices = _head_slices(heads, seq_q, seq_k)
     tally = AccuracyTally()
-    parts: list[dict[str, np.ndarray]] = []
+    table = ChunkTable(valid, layers, heads, q_tile, k_tile)
     per_layer: list[dict] = []
     output = np.empty((layers, heads, seq_q, head_dim), dtype=np.float32) if keep_output else None
     masks: list[np.ndarray] | None = [] if keep_masks else None
+    width = slices[0][1] - slices[0][0]
+    work = AttentionWork(width, seq_q, seq_k, valid)
 
-    for layer in range(layers):
-        rule = pruning.for_layer(layer)
-        q_l, k_l, v_l = (_layer32(arr, layer, name) for arr, name in ((q, "q"), (k, "k"), (v, "v")))
-        info = {"layer": layer, **rule.describe()}
-        thresholds, inline = _layer_thresholds(rule, layer, q_l, k_l, valid, calibration, cal_valid, pruning,
-                                               scale, seed, len(slices) == 1, info)
-        score_lsb = np.empty(heads)
-        layer_mask = np.empty((heads, seq_q, seq_k), dtype=bool) if keep_masks else None
+    with progress.task("functional pass", total=layers, unit="layer") as bar:
+        for layer in range(layers):
+            rule = pruning.for_layer(layer)
+            q_l, k_l, v_l = (_layer32(arr, layer, name) for arr, name in ((q, "q"), (k, "k"), (v, "v")))
+            info = {"layer": layer, **rule.describe()}
+            thresholds, inline = _layer_thresholds(rule, layer, q_l, k_l, valid, calibration, cal_valid,
+                                                   pruning, scale, seed, len(slices) == 1, info)
+            score_lsb = np.empty(heads)
+            layer_mask = np.empty((heads, seq_q, seq_k), dtype=bool) if keep_masks else None
 
-        for h0, h1 in slices:
-            k_h, v_h = kv_for_heads(k_l, h0, h1, heads), kv_for_heads(v_l, h0, h1, heads)
-            logits = scores(q_l[h0:h1], k_h, scale)
-            probs_exact = softmax_masked(logits, valid)
-            out_exact = weighted_sum(probs_exact, v_h)
-            if rule.rule == "none":
-                keep = np.broadcast_to(valid, logits.shape).copy()
-                out_pruned = out_exact
-            else:
-                approx, score_lsb[h0:h1] = approx_scores(q_l[h0:h1], k_h, pruning.quant, scale,
-                                                         head_rngs=_head_rngs(seed, 0, layer, h0, h1))
-                if inline:
-                    frac = float(rule.target_kept_fraction)
-                    thresholds[h0:h1] = calibrate_thresholds(approx, valid, frac, rule.granularity)
-                keep = prune_mask(approx, valid, rule, None if thresholds is None else thresholds[h0:h1],
-                                  query_offset=query_offset)
-                del approx
-                out_pruned = weighted_sum(softmax_masked(logits, keep), v_h)
-            tally.add_layer(layer, valid=valid, keep=keep, logits=logits, probs_exact=probs_exact,
-                            out_exact=out_exact, out_pruned=out_pruned)
-            parts.append(_flat_counts(chunk_counts(keep, valid, q_tile, k_tile), layer, h0))
-            if output is not None:
-                output[layer, h0:h1] = out_pruned
-            if layer_mask is not None:
-                layer_mask[h0:h1] = keep
-        if thresholds is not None:
-            info["thresholds"] = [float(t) for t in thresholds]
-        if rule.rule != "none":
-            # The comparator's resolution in logit units: one LSB of the integer MSB dot product, per head.
-            info["score_lsb"] = [float(x) for x in score_lsb]
-        per_layer.append(info)
-        if masks is not None:
-            masks.append(layer_mask)
+            for h0, h1 in slices:
+                k_h, v_h = kv_for_heads(k_l, h0, h1, heads), kv_for_heads(v_l, h0, h1, heads)
+                if rule.rule == "none":
+                    keep = None
+                else:
+                    given = None if thresholds is None or inline else thresholds[h0:h1]
+                    pruned = prune_layer(q_l[h0:h1], k_h, valid, rule, quant=pruning.quant, scale=scale,
+                                         seed=seed, layer=layer, first_head=h0, thresholds=given,
+                                         query_offset=query_offset)
+                    keep, score_lsb[h0:h1] = pruned.keep, pruned.score_lsb
+                    if inline:
+                        thresholds[h0:h1] = pruned.thresholds
+                att = work.attend(q_l[h0:h1], k_h, v_h, scale, keep)
+                if keep is None:
+                    keep = work.dense_keep(h1 - h0)
+                    table.put_dense(layer, h0, h1 - h0)
+                else:
+                    table.put(layer, h0, keep)
+                tally.add_layer(layer, valid=valid, keep=keep, logits=None, probs_exact=att.probs_exact,
+                                out_exact=att.out_exact, out_pruned=att.out_pruned, exact_arg=att.exact_arg)
+                if output is not None:
+                    output[layer, h0:h1] = att.out_pruned
+                if layer_mask is not None:
+                    layer_mask[h0:h1] = keep
+            if thresholds is not None:
+                info["thresholds"] = [float(t) for t in thresholds]
+            if rule.rule != "none":
+                # The comparator's resolution in logit units: one LSB of the integer MSB dot product, per head.
+                info["score_lsb"] = [float(x) for x in score_lsb]
+            per_layer.append(info)
+            if masks is not None:
+                masks.append(layer_mask)
+            bar.advance()
 
     for info, summary in zip(per_layer, tally.per_layer()):
         info.update({key: val for key, val in summary.items() if key != "layer"})
-    return FunctionalResult(chunks=_concat_valid(parts),
-                            dense_chunks=_dense_table(valid, layers, heads, q_tile, k_tile),
+    return FunctionalResult(chunks=table.flat(), dense_head=table.dense_head, layers=layers, heads=heads,
                             accuracy=tally.as_dict(), per_layer=per_layer, output=output, masks=masks)
