@@ -45,7 +45,7 @@ def prune_layer(q: np.ndarray, k: np.ndarray, valid: np.ndarray, rule: LayerRule
                 query_offset: int | None = None, scores: ApproxScores | None = None) -> PrunedLayer:
     """Which pairs of one layer (or of heads [first_head, first_head + H) of it) survive ``rule``.
 
-    q (H, Sq, D) and k (H, Sk, D) (kv heads already expanded), valid (Sq, Sk). A calibrated threshold rule
+    q (H, Sq, D), k (H or KV, Sk, D), valid (Sq, Sk). A calibrated threshold rule
     calibrates on the layer's own scores unless ``thresholds`` (H,) are given (e.g. from a calibration trace);
     ``scores`` reuses the array's scores of an earlier call on the same q and k (a calibration sweep).
     ``rule.rule == 'none'`` keeps every valid pair and scores nothing.
