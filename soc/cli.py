@@ -73,16 +73,24 @@ def _timeline(args: argparse.Namespace):
 
 # --- trace ---------------------------------------------------------------------------------------------------
 def cmd_trace_synth(args: argparse.Namespace) -> int:
-    from soc.trace import save_trace, synth_trace
+    from soc.trace import save_trace, synth_trace, trace_info
+    from soc.trace.synth import write_synth_trace
     from soc.trace.workload import load_workload
 
     refuse_existing(args.out, args.force, "a trace")
     spec = load_workload(args.workload)
-    trace = synth_trace(spec, seq_len=args.seq_len, layers=args.layers, mode=args.mode, prompt=args.prompt,
-                        generate=args.generate, seed=args.seed)
-    path = save_trace(args.out, trace.q, trace.k, trace.v, trace.meta)
-    print(f"wrote {path}: {trace.meta.model}, {trace.meta.layers} layers x {trace.meta.heads} heads, "
-          f"seq {trace.meta.seq_len}, head_dim {trace.meta.head_dim} ({trace.nbytes() / 2**20:.1f} MiB)")
+    kwargs = dict(seq_len=args.seq_len, layers=args.layers, mode=args.mode, prompt=args.prompt,
+                  generate=args.generate, seed=args.seed)
+    if str(args.out).endswith(".npz"):
+        trace = synth_trace(spec, **kwargs)
+        path = save_trace(args.out, trace.q, trace.k, trace.v, trace.meta)
+    else:  # a directory: streamed layer by layer, one layer in memory
+        write_synth_trace(args.out, spec, **kwargs)
+        path = args.out
+    info = trace_info(path)
+    m = info["meta"]
+    print(f"wrote {path}: {m['model']}, {m['layers']} layers x {m['heads']} heads, "
+          f"seq {m['seq_len']}, head_dim {m['head_dim']} ({info['memory_bytes'] / 2**20:.1f} MiB)")
     return 0
 
 
