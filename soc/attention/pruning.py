@@ -68,12 +68,14 @@ def _quantile_in_band(x: np.ndarray, valid: np.ndarray | None, n: int, target: f
     sample = flat[idx] if valid is None else flat[idx][valid.reshape(-1)[idx % valid.size]]
     if sample.size < 64:
         return None
-    sample.sort()
     p = kth / n
     half = BAND_SIGMAS * math.sqrt(max(p * (1 - p), 1.0 / sample.size) / sample.size) + 2.0 / sample.size
     i_lo, i_hi = int(math.floor((p - half) * sample.size)), int(math.ceil((p + half) * sample.size))
-    lo = sample[i_lo] if i_lo >= 0 else -np.inf
-    hi = sample[i_hi] if i_hi < sample.size else np.inf
+    ends = [i for i in (i_lo, i_hi) if 0 <= i < sample.size]
+    if ends:
+        sample.partition(ends)
+    lo = sample[i_lo] if 0 <= i_lo < sample.size else -np.inf
+    hi = sample[i_hi] if 0 <= i_hi < sample.size else np.inf
     below = x < lo
     upto = x <= hi
     if valid is not None:
