@@ -98,3 +98,27 @@ def test_band_threshold_misses_fall_back_to_the_exact_answer(monkeypatch):
     got = calibrate_thresholds(approx, valid, 0.3, "head")
     want = quantile_threshold(approx[:, valid], 0.3)
     assert got.tobytes() == want.tobytes()
+
+
+def test_functional_pass_and_trace_synth_advance_one_step_per_layer(tmp_path):
+    from soc import progress
+    from soc.trace.synth import write_synth_trace
+
+    seen: dict[str, list] = {}
+
+    class Recording(progress.Task):
+        def __init__(self, name: str, total) -> None:
+            self.name = name
+            seen[name] = [total, 0]
+
+        def advance(self, n: float = 1) -> None:
+            seen[self.name][1] += n
+
+    token = progress._factory.set(lambda name, total, unit: Recording(name, total))
+    try:
+        q, k, v = make_trace(seed=1, layers=3)
+        _run(functional, q, k, v, rule=THR)
+        write_synth_trace(tmp_path / "t", "minilm-l6", seq_len=16, layers=2)
+    finally:
+        progress._factory.reset(token)
+    assert seen == {"functional pass": [3, 3], "trace synth minilm-l6": [2, 2]}
