@@ -98,7 +98,12 @@ def _check_trace(q: np.ndarray, k: np.ndarray, v: np.ndarray, what: str = "") ->
 
 
 def _layer32(arr: np.ndarray, layer: int, name: str) -> np.ndarray:
-    out = np.asarray(arr[layer], dtype=np.float32)
+    """Layer ``layer`` of a trace array, checked finite. float16 and float32 stay as stored (a view of a mapped
+    trace: each head slice is cast to float32 where it is used, so a layer's float32 copy never exists);
+    other dtypes are cast to float32 here."""
+    out = np.asarray(arr[layer])
+    if out.dtype not in (np.float16, np.float32):
+        out = out.astype(np.float32)
     if not np.isfinite(out).all():
         raise TraceError(f"{name}: expected finite values, found NaN or inf in layer {layer}")
     return out
