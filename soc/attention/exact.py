@@ -126,8 +126,11 @@ class AttentionWork:
         self.logits = np.empty((heads, seq_q, seq_k), np.float32)
         self.pruned = np.empty((heads, seq_q, seq_k), np.float32)
         self.valid = valid
-        # adding 0 or -inf masks the invalid pairs in one pass (None: every pair is valid)
-        self.bias = None if valid.all() else np.where(valid, np.float32(0), np.float32(-np.inf))
+        self.invalid = None if valid.all() else ~valid  # None: every pair is valid
+        # a causal mask is a prefix of each row: filling each row's tail is faster than a masked copy
+        n_valid = valid.sum(axis=-1)
+        prefix = np.array_equal(valid, np.arange(valid.shape[-1])[None, :] < n_valid[:, None])
+        self.row_ends = n_valid.tolist() if prefix and self.invalid is not None else None
 
     def dense_keep(self, heads: int) -> np.ndarray:
         """keep = valid for ``heads`` heads (what the 'none' rule keeps)."""
@@ -142,8 +145,11 @@ class AttentionWork:
         x = self.logits[:heads]
         np.matmul(np.asarray(q, np.float32), np.asarray(k, np.float32).transpose(0, 2, 1), out=x)
         x *= np.float32(scale)
-        if self.bias is not None:
-            x += self.bias
+        if self.row_ends is not None:
+            for row, end in enumerate(self.row_ends):
+                x[:, row, end:] = -np.inf
+        elif self.invalid is not None:
+            np.copyto(x, np.float32(-np.inf), where=self.invalid)
         exact_arg = x.argmax(axis=-1)
         redo = saved = None
         if keep is not None:
