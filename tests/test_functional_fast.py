@@ -122,3 +122,23 @@ def test_functional_pass_and_trace_synth_advance_one_step_per_layer(tmp_path):
     finally:
         progress._factory.reset(token)
     assert seen == {"functional pass": [3, 3], "trace synth minilm-l6": [2, 2]}
+
+
+@pytest.mark.parametrize("placement", ["stream", "reuse", "resident"])
+def test_dense_counterfactual_per_head_scales_to_the_whole_table(causal_trace, paper_cfg, placement):
+    """The report's dense traffic can come from one head's table times the (layer, head) count: the same
+    bytes, exactly, as from the whole table (what FunctionalResult.dense_head / dense_repeats offer)."""
+    import dataclasses
+
+    from soc.dataflow import demand, traffic_totals
+    from soc.simulate import dense_config, shape_of, simulate
+
+    cfg = dataclasses.replace(paper_cfg, dataflow=dataclasses.replace(paper_cfg.dataflow, kv_placement=placement))
+    res = simulate(cfg, causal_trace, model_accuracy=False)
+    func, shape, place = res.functional, shape_of(causal_trace), res.stats.placement
+    dense_cfg = dense_config(cfg)
+    whole = traffic_totals(demand(func.dense_chunks, dense_cfg, shape, place), place)
+    one = traffic_totals(demand(func.dense_head, dense_cfg, shape, place), place)
+    assert whole == {key: val * func.dense_repeats for key, val in one.items()}
+    assert res.report["traffic"]["dense"] == whole
+    assert func.dense_head["pairs_valid"].sum() * func.dense_repeats == func.dense_chunks["pairs_valid"].sum()
