@@ -76,14 +76,12 @@ def _quantile_in_band(x: np.ndarray, valid: np.ndarray | None, n: int, target: f
         sample.partition(ends)
     lo = sample[i_lo] if 0 <= i_lo < sample.size else -np.inf
     hi = sample[i_hi] if 0 <= i_hi < sample.size else np.inf
-    below = x < lo
-    upto = x <= hi
+    inside = x >= lo
     if valid is not None:
-        below &= valid
-        upto &= valid
-    n_below = int(np.count_nonzero(below))
-    upto &= ~below
-    band = x[upto]
+        inside &= valid
+    n_below = n - int(np.count_nonzero(inside))
+    inside &= x <= hi
+    band = x[inside]
     n_above = n - n_below - band.size
     if not n_below <= kth < n_below + band.size:
         return None
