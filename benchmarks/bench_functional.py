@@ -3,12 +3,13 @@
     python3 benchmarks/bench_functional.py [--workload bert-base] [--seq-len 512] [--layers N]
                                            [--repeats 5] [--legacy] [--out FILE.json]
 
-In one process and in rotating order, ``--repeats`` times each: the floor (``soc.bench.dense_attention_floor_s``:
-Q.K^T, softmax, P.V of every layer in float32), the functional pass of ``soc run`` (the config's pruning: a
+In one process and in rotating order, ``--repeats`` times each: the floor (numpy dense attention as ``soc bench``
+measures it: Q.K^T, the causal mask if any, softmax, P.V of every layer in float32), the functional pass of ``soc run`` (the config's pruning: a
 calibrated threshold with analog noise), the same pass without noise, and the noise draw alone (the
 ``standard_normal`` calls of the analog readout, same count; they belong to ``soc.attention.approx``).
-``--legacy`` adds the pass this one replaced (tests/legacy_functional.py). Medians are reported, and each
-figure as a ratio of the floor's median: on a shared machine the ratios move less than the seconds.
+``--legacy`` adds the pass this one replaced (tests/legacy_functional.py). Medians of CPU time (and of wall
+time) are reported, and each figure as a ratio of the floor's median CPU time: on a shared machine the ratios
+move less than the seconds.
 """
 
 from __future__ import annotations
@@ -32,10 +33,25 @@ import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 from soc.attention.functional import run_functional  # noqa: E402
-from soc.bench import dense_attention_floor_s  # noqa: E402
 from soc.config import load_config  # noqa: E402
 from soc.simulate import pruning_spec  # noqa: E402
 from soc.trace import synth_trace  # noqa: E402
+
+
+def dense_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool) -> None:
+    """The floor: plain numpy dense attention over every layer (the same arithmetic as ``soc bench``'s)."""
+    heads, kv_heads = q.shape[1], k.shape[1]
+    for layer in range(q.shape[0]):
+        ql = np.asarray(q[layer], dtype=np.float32)
+        kl = np.repeat(np.asarray(k[layer], dtype=np.float32), heads // kv_heads, axis=0)
+        vl = np.repeat(np.asarray(v[layer], dtype=np.float32), heads // kv_heads, axis=0)
+        s = ql @ kl.transpose(0, 2, 1) / np.float32(np.sqrt(ql.shape[-1]))
+        if causal:
+            s[:, np.triu(np.ones(s.shape[1:], dtype=bool), 1)] = -np.inf
+        s -= s.max(axis=-1, keepdims=True)
+        np.exp(s, out=s)
+        s /= s.sum(axis=-1, keepdims=True)
+        _ = s @ vl
 
 
 def _noise_draw(layers: int, heads: int, seq_q: int, seq_k: int) -> None:
@@ -69,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                            k_tile=k_tile, seed=cfg.seed)
 
     variants = {
-        "numpy_dense_attention": lambda: dense_attention_floor_s(trace.q, trace.k, trace.v),
+        "numpy_dense_attention": lambda: dense_attention(trace.q, trace.k, trace.v, m.causal),
         "functional": functional(spec),
         "functional_no_noise": functional(quiet),
         "noise_draw_only": lambda: _noise_draw(m.layers, m.heads, trace.seq_q, m.seq_len),
@@ -78,23 +94,26 @@ def main(argv: list[str] | None = None) -> int:
         import legacy_functional
 
         variants["legacy_functional"] = functional(spec, legacy_functional)
-    times: dict[str, list[float]] = {name: [] for name in variants}
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
+    wall: dict[str, list[float]] = {name: [] for name in variants}
     names = list(variants)
     with threadpool_limits(limits=1):
         for name in names:  # warm-up: first-touch of the trace pages, BLAS buffers
             variants[name]()
         for i in range(args.repeats):
             for name in names[i % len(names):] + names[:i % len(names)]:
-                t0 = time.perf_counter()
+                c0, t0 = time.process_time(), time.perf_counter()
                 variants[name]()
-                times[name].append(time.perf_counter() - t0)
-    med = {name: statistics.median(ts) for name, ts in times.items()}
+                cpu[name].append(time.process_time() - c0)
+                wall[name].append(time.perf_counter() - t0)
+    med = {name: statistics.median(ts) for name, ts in cpu.items()}
     floor = med["numpy_dense_attention"]
     result = {
         "workload": {"model": m.model, "layers": m.layers, "heads": m.heads, "seq_len": m.seq_len,
                      "head_dim": m.head_dim, "causal": m.causal},
         "config": os.path.relpath(args.config, ROOT), "repeats": args.repeats, "blas_threads": 1,
-        "median_s": med, "runs_s": times,
+        "median_cpu_s": med, "median_wall_s": {name: statistics.median(ts) for name, ts in wall.items()},
+        "runs_cpu_s": cpu, "runs_wall_s": wall,
         "ratio_to_dense_attention": {name: t / floor for name, t in med.items()},
         "machine": {"python": platform.python_version(), "numpy": np.__version__, "cpus": os.cpu_count(),
                     "load_average": list(os.getloadavg())},
@@ -103,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench_functional: {w['model']} {w['layers']}x{w['heads']} heads, seq {w['seq_len']}, head_dim "
           f"{w['head_dim']}, median of {args.repeats}, 1 BLAS thread, load {result['machine']['load_average'][0]:.1f}")
     for name, t in med.items():
-        print(f"  {name:24s} {t:8.3f} s   {t / floor:5.2f}x dense attention")
+        print(f"  {name:24s} {t:8.3f} s CPU  {t / floor:5.2f}x dense attention")
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
         print(f"  wrote {args.out}")
