@@ -13,6 +13,7 @@ Invalid pairs are never kept. The rules (see :mod:`soc.attention.spec`):
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -55,8 +56,15 @@ BAND_SAMPLE = 1 << 14
 BAND_SIGMAS = 6.0
 
 
-def _quantile_in_band(x: np.ndarray, valid: np.ndarray | None, n: int, target: float,
-                      rng: np.random.Generator) -> float | None:
+@functools.lru_cache(maxsize=8)
+def _sample_positions(size: int) -> np.ndarray:
+    """Fixed pseudo-random positions in an array of ``size`` values (the same for every head of a shape)."""
+    idx = np.random.default_rng([size, BAND_SAMPLE]).integers(0, size, size=BAND_SAMPLE)
+    idx.setflags(write=False)
+    return idx
+
+
+def _quantile_in_band(x: np.ndarray, valid: np.ndarray | None, n: int, target: float) -> float | None:
     """:func:`quantile_threshold` of the valid entries of ``x`` (a set of heads seen as one row), without
     gathering or partitioning them all: a sample brackets the quantile in a value band, counts place the band
     among all values, and a partial partition of the band alone finds the exact value. None if the sample's
@@ -64,7 +72,7 @@ def _quantile_in_band(x: np.ndarray, valid: np.ndarray | None, n: int, target: f
     want = min(max(int(round(target * n)), 1), n)
     kth = n - want
     flat = x.reshape(-1)
-    idx = rng.integers(0, flat.size, size=BAND_SAMPLE)
+    idx = _sample_positions(flat.size)
     sample = flat[idx] if valid is None else flat[idx][valid.reshape(-1)[idx % valid.size]]
     if sample.size < 64:
         return None
@@ -110,8 +118,7 @@ def _set_quantile(x: np.ndarray, valid: np.ndarray | None, target: float) -> flo
     n = x.size if valid is None else int(np.count_nonzero(valid)) * (x.size // valid.size)
     if n == 0:
         return 0.0
-    rng = np.random.default_rng([n, x.size])  # fixed positions: the same call gives the same work
-    got = _quantile_in_band(x, valid, n, target, rng)
+    got = _quantile_in_band(x, valid, n, target)
     if got is not None:
         return got
     vals = x.reshape(-1) if full is None else x[full]
