@@ -32,10 +32,8 @@ STEPS = 24
 
 def _layer_stats(q_l, k_l, v_l, *, spec, scale, valid, seed, layer, query_offset):
     """Closures measuring kept fraction, mass kept and output error of one layer at a given margin."""
-    from soc.attention.approx import approx_scores, head_cores
+    from soc.attention.cim_layer import cim_scores, prune_layer
     from soc.attention.exact import kv_for_heads, scores, softmax_masked, weighted_sum
-    from soc.attention.functional import _head_rngs
-    from soc.attention.pruning import prune_mask
 
     heads = q_l.shape[0]
     base = spec.for_layer(layer)  # keeps its always-kept sink and recent tokens
@@ -43,13 +41,14 @@ def _layer_stats(q_l, k_l, v_l, *, spec, scale, valid, seed, layer, query_offset
     logits = scores(q_l, k_h, scale)
     probs = softmax_masked(logits, valid)
     out_ref = weighted_sum(probs, v_h)
-    approx = approx_scores(q_l, k_h, spec.quant, scale, head_rngs=_head_rngs(seed, 0, layer, 0, heads),
-                           cores=head_cores(layer, heads, 0, heads, spec.quant.cores)).scores
+    # scored once, pruned per margin
+    approx = cim_scores(q_l, k_h, spec.quant, scale, seed=seed, layer=layer, layer_heads=heads, kv_heads=k_l.shape[0])
     n_valid = float(np.broadcast_to(valid, logits.shape).sum())
 
     def measure(margin: float) -> dict[str, float]:
-        keep = prune_mask(approx, valid, dataclasses.replace(base, rule="margin", margin=margin),
-                          query_offset=query_offset)
+        keep = prune_layer(q_l, k_h, valid, dataclasses.replace(base, rule="margin", margin=margin),
+                           quant=spec.quant, scale=scale, seed=seed, layer=layer, query_offset=query_offset,
+                           scores=approx).keep
         out = weighted_sum(softmax_masked(logits, keep), v_h)
         rows = np.broadcast_to(valid, logits.shape).any(-1)
         return {"kept_fraction": keep.sum() / n_valid,

@@ -206,20 +206,27 @@ def cmd_trace_synth(args: argparse.Namespace) -> int:
     from soc import progress
     from soc.report import fmt_bytes
     from soc.trace import save_trace, synth_trace
+    from soc.trace.synth import write_synth_trace
     from soc.trace.workload import load_workload
 
     refuse_existing(args.out, args.force, "a trace")
-    with progress.task(f"synthesizing {args.workload}", total=None, unit="step"):
-        spec = load_workload(args.workload)
-        trace = synth_trace(spec, seq_len=args.seq_len, layers=args.layers, mode=args.mode, prompt=args.prompt,
-                            generate=args.generate, seed=args.seed)
-    with progress.task(f"writing {Path(args.out).name}", total=None, unit="file"):
-        path = save_trace(args.out, trace.q, trace.k, trace.v, trace.meta, overwrite=args.force)
-    m = trace.meta
+    spec = load_workload(args.workload)
+    kwargs = dict(seq_len=args.seq_len, layers=args.layers, mode=args.mode, prompt=args.prompt,
+                  generate=args.generate, seed=args.seed)
+    if str(args.out).endswith(".npz"):
+        with progress.task(f"synthesizing {args.workload}", total=None, unit="step"):
+            trace = synth_trace(spec, **kwargs)
+        with progress.task(f"writing {Path(args.out).name}", total=None, unit="file"):
+            path = save_trace(args.out, trace.q, trace.k, trace.v, trace.meta, overwrite=args.force)
+        m, nbytes = trace.meta, trace.nbytes()
+    else:  # a directory: streamed layer by layer, one layer in memory (progress per layer)
+        m = write_synth_trace(args.out, spec, overwrite=args.force, **kwargs)
+        path = Path(args.out)
+        nbytes = sum(f.stat().st_size for f in path.iterdir())
     shape = (f"{m.layers} layer{'s' if m.layers != 1 else ''} x {m.heads} heads, seq {m.seq_len}"
              + (f" ({m.query_offset} prompt + {m.seq_q} generated)" if m.query_offset else "")
              + f", head_dim {m.head_dim}")
-    print(f"wrote {path}: synthetic {m.model}, {shape} ({fmt_bytes(trace.nbytes())})")
+    print(f"wrote {path}: synthetic {m.model}, {shape} ({fmt_bytes(nbytes)})")
     return 0
 
 

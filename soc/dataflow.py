@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from soc.attention.functional import dense_table
+from soc.attention.table import dense_group_table
 from soc.attention.plan import survivor_tables
 from soc.config.schema import SocConfig
 from soc.errors import WiringError
@@ -351,7 +351,7 @@ def _dense_group(valid: np.ndarray, cfg: SocConfig, shape: Shape, placement: Pla
     group = shape.heads // shape.kv_heads
     q_tile, k_tile = cfg.dataflow.q_tile_rows, key_tile_keys(cfg, shape.head_dim)
     one = dataclasses.replace(shape, layers=1, heads=group, kv_heads=1)
-    chunks = dense_table(valid, 1, group, q_tile, k_tile, group)
+    chunks = dense_group_table(valid, q_tile, k_tile, group)
     survivors = None
     if placement.needs_survivors:
         keep = np.broadcast_to(valid, (group, *valid.shape))

@@ -45,9 +45,8 @@ def decode_keep_fn(spec, prefill, prompt: int, scale: float, seed: int):
     """A (layer, q, k) -> mask hook over prompt + continuation that prunes as the decode did: the prompt's
     rows with the prefill pass's comparator references, each later row on its own against keys 0..row, as
     its step's functional pass did (a calibrated threshold is recalibrated on that row)."""
-    from soc.attention.approx import approx_scores
+    from soc.attention.cim_layer import cim_scores
     from soc.attention.exact import valid_mask
-    from soc.attention.functional import _head_rngs
     from soc.attention.pruning import prune_mask
 
     def keep_fn(layer: int, q: np.ndarray, k: np.ndarray) -> np.ndarray | None:
@@ -56,7 +55,8 @@ def decode_keep_fn(spec, prefill, prompt: int, scale: float, seed: int):
             return None
         heads, seq = q.shape[0], q.shape[1]
         valid = valid_mask(seq, seq, True, 0)
-        approx = approx_scores(q, k, spec.quant, scale, head_rngs=_head_rngs(seed, 0, layer, 0, heads)).scores
+        approx = cim_scores(q, k, spec.quant, scale, seed=seed, layer=layer, layer_heads=heads,
+                            kv_heads=k.shape[0]).scores
         keep = np.zeros((heads, seq, seq), dtype=bool)
         thr = prefill.per_layer[layer].get("thresholds") if rule.rule == "threshold" else None
         # a batched prefill holds copies of the sequence as extra heads: the first copy's references

@@ -12,10 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from soc.attention.approx import approx_scores, head_cores
+from soc.attention.cim_layer import prune_layer
 from soc.attention.exact import valid_mask
-from soc.attention.functional import FunctionalResult, _head_rngs
-from soc.attention.pruning import prune_mask
+from soc.attention.functional import FunctionalResult
 from soc.attention.spec import PruningSpec
 
 
@@ -25,12 +24,11 @@ def keep_fn_for(spec: PruningSpec, func: FunctionalResult, *, scale: float, caus
         rule = spec.for_layer(layer)
         if rule.rule == "none":
             return None
-        heads = q.shape[0]
         valid = valid_mask(q.shape[1], k.shape[1], causal, k.shape[1] - q.shape[1])
-        approx = approx_scores(q, k, spec.quant, scale, head_rngs=_head_rngs(seed, 0, layer, 0, heads),
-                               cores=head_cores(layer, heads, 0, heads, spec.quant.cores)).scores
         thresholds = func.per_layer[layer].get("thresholds") if rule.rule == "threshold" else None
-        return prune_mask(approx, valid, rule, None if thresholds is None else np.asarray(thresholds))
+        return prune_layer(q, k, valid, rule, quant=spec.quant, scale=scale, seed=seed, layer=layer,
+                           thresholds=None if thresholds is None else np.asarray(thresholds),
+                           layer_heads=q.shape[0], kv_heads=k.shape[0]).keep
     return keep_fn
 
 

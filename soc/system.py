@@ -30,6 +30,7 @@ from soc.errors import SimulationStalled, WiringError
 from soc.hw import base as hwbase
 from soc.hw.base import Block, Fifo, MemAccess, hold
 from soc.recorder import OFF, Recorder
+from soc.rules import pair_of_kv_head
 from soc.tech import tech_of, unmodelled
 from soc.topology import resolve_interconnect
 
@@ -341,7 +342,7 @@ def pair_of(chunks: dict[str, np.ndarray], heads: int, pairs: int, kv_heads: int
     kv_heads = kv_heads or heads
     group = heads // kv_heads
     kv_head = chunks["kv_head"] if "kv_head" in chunks else chunks["head"] // group
-    return (chunks["layer"] * kv_heads + kv_head) % pairs
+    return pair_of_kv_head(chunks["layer"], kv_head, kv_heads, pairs)
 
 
 def _rows(cols: list[np.ndarray], idx: np.ndarray, block: int = 4096) -> Iterator[tuple]:

@@ -166,3 +166,26 @@ def test_noise_is_gaussian_in_integer_units():
     assert abs(units.mean()) < 0.05 and units.std() == pytest.approx(2.0, rel=0.03)
     with pytest.raises(ValueError, match="rng"):
         approx_scores(q, k, CimQuantSpec(noise_sigma_lsb=1.0), 0.5)
+
+
+@pytest.mark.parametrize("mask", ["full", "causal", "scattered"])
+def test_attention_work_equals_two_masked_softmaxes_bit_for_bit(rng, mask):
+    from soc.attention.exact import AttentionWork, scores, softmax_masked, weighted_sum
+
+    heads, sq, sk, d = 3, 20, 24, 8
+    q, k, v = (rng.standard_normal((heads, n, d)).astype(np.float32) for n in (sq, sk, sk))
+    valid = {"full": np.ones((sq, sk), bool), "causal": valid_mask(sq, sk, True, 4),
+             "scattered": rng.random((sq, sk)) < 0.7}[mask]
+    valid[3] = False  # a row with no valid key
+    keep = valid & (rng.random((heads, sq, sk)) < 0.4)
+    keep[:, 5] = False  # an empty kept row
+    work = AttentionWork(heads, sq, sk, valid)
+    logits = scores(q, k, 0.3)
+    for kept in (keep, None):
+        got = work.attend(q, k, v, 0.3, kept)
+        probs = softmax_masked(logits, valid)
+        assert got.probs_exact.tobytes() == probs.tobytes()
+        assert got.out_exact.tobytes() == weighted_sum(probs, v).tobytes()
+        want = weighted_sum(softmax_masked(logits, kept), v) if kept is not None else weighted_sum(probs, v)
+        assert got.out_pruned.tobytes() == want.tobytes()
+        np.testing.assert_array_equal(got.exact_arg, np.where(valid, logits, -np.inf).argmax(-1))

@@ -215,6 +215,8 @@ def test_synthetic_trace_round_trips_and_committed_tiny_trace_reproduces(tmp_pat
     ("vit-b16", (12, 12, 12, 64, False, 197, "encoder")),
     ("llama-7b", (32, 32, 32, 128, True, 2048, "decoder")),
     ("smollm2-135m", (30, 9, 3, 64, True, 2048, "decoder")),
+    ("llama-2-7b", (32, 32, 32, 128, True, 4096, "decoder")),
+    ("llama-2-7b-32k", (32, 32, 32, 128, True, 32768, "decoder")),
 ])
 def test_shipped_workloads(name, shape):
     w = load_workload(name)
@@ -276,3 +278,61 @@ def test_kv_heads_defaults_to_heads(tmp_path):
     w = load_workload(_yaml(tmp_path, GOOD.replace("kv_heads: 2\n", "")))
     assert w.kv_heads == w.heads == 4 and w.hidden == 64
     assert math.isclose(synth_trace(w, layers=1).meta.scale, 0.25)
+
+
+# ------------------------------------------------------------------------- streaming into a directory trace
+def test_streamed_directory_trace_equals_the_in_memory_trace(tmp_path):
+    from soc.trace.synth import write_synth_trace
+
+    kw = dict(mode="decode", prompt=40, generate=8, layers=3, seed=4)
+    meta = write_synth_trace(tmp_path / "d", "smollm2-135m", **kw)
+    tr = synth_trace("smollm2-135m", **kw)
+    back = load_trace(tmp_path / "d", mmap=True)
+    assert isinstance(back.q, np.memmap) and meta == tr.meta == back.meta
+    for name in "qkv":
+        assert getattr(back, name).dtype == np.float16
+        assert getattr(back, name).tobytes() == getattr(tr, name).tobytes(), name
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["k.npy", "meta.json", "q.npy", "v.npy"]
+
+
+def test_streaming_holds_one_layer_in_memory(tmp_path):
+    """Peak heap while streaming 8 layers stays that of streaming 3 (the arrays live in the mapped files)."""
+    import tracemalloc
+
+    from soc.trace.synth import write_synth_trace
+
+    peaks = []
+    for n in (3, 8):
+        tracemalloc.start()
+        write_synth_trace(tmp_path / f"t{n}", "bert-base", seq_len=128, layers=n)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    one_layer_bytes = 3 * 12 * 128 * 64 * 2
+    assert peaks[1] < peaks[0] + one_layer_bytes, peaks  # in memory, 8 layers would add 5 layers' worth
+
+
+def test_layer_stream_errors_name_the_layer(tmp_path):
+    from soc.errors import TraceError
+    from soc.trace.format import save_trace_layers
+
+    tr = synth_trace("minilm-l6", seq_len=16, layers=2)
+    layers = [(tr.q[i], tr.k[i], tr.v[i]) for i in range(2)]
+    with pytest.raises(TraceError, match="expected 2 layers, got 1"):
+        save_trace_layers(tmp_path / "a", tr.meta, layers[:1])
+    bad = tr.q[1].copy()
+    bad[0, 3, 1] = np.inf
+    with pytest.raises(TraceError, match=r"layer 1: q: non-finite"):
+        save_trace_layers(tmp_path / "b", tr.meta, [layers[0], (bad, tr.k[1], tr.v[1])])
+    with pytest.raises(TraceError, match=r"expected a directory path"):
+        save_trace_layers(tmp_path / "c.npz", tr.meta, layers)
+    assert not any(p.name.startswith(("a", "b", ".a", ".b")) for p in tmp_path.iterdir())
+
+
+def test_long_context_workloads_are_accepted():
+    from soc.trace.synth import _plan
+
+    for name, seq in (("llama-2-7b", 4096), ("llama-2-7b-32k", 32768)):
+        _, meta, _ = _plan(name, None, None, "prefill", None, None, 0, np.float16)
+        assert meta.seq_len == seq and meta.layers == 32 and meta.heads == 32
+    with pytest.raises(ConfigError, match=r"seq_len: expected an integer in \[1, 2048\]"):
+        synth_trace("llama-7b", seq_len=4096, layers=1)

@@ -31,6 +31,7 @@ import numpy as np
 
 from soc.attention.exact import kv_for_heads
 from soc.attention.spec import ROUNDINGS, CimQuantSpec
+from soc.rules import pair_of_kv_head
 
 #: Stream tag of the chip instance's fixed-pattern draw (distinct from the evaluation noise streams).
 CHIP_STREAM = 7
@@ -110,10 +111,11 @@ def chip_pattern(quant: CimQuantSpec, head_dim: int, core: int = 0) -> tuple[np.
     return gain, offset
 
 
-def head_cores(layer: int, heads: int, h0: int, h1: int, cores: int) -> list[int]:
-    """The CIM core that scores each head h0..h1-1 of ``layer``: (layer x heads + head) mod cores, as the
-    system deals heads round-robin to its core pairs."""
-    return [(layer * heads + h) % max(1, cores) for h in range(h0, h1)]
+def head_cores(layer: int, heads: int, h0: int, h1: int, cores: int, kv_heads: int | None = None) -> list[int]:
+    """The CIM core that scores each head h0..h1-1 of ``layer``: the system's assignment of (layer, KV head)
+    to its core pairs (``soc.rules.pair_of_kv_head``)."""
+    group = heads // (kv_heads or heads)
+    return [int(pair_of_kv_head(layer, h // group, heads // group, cores)) for h in range(h0, h1)]
 
 
 def _apply_pattern(dots: np.ndarray, quant: CimQuantSpec, head_dim: int, cores: Sequence[int] | None,

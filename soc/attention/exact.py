@@ -10,6 +10,8 @@ Shapes: q (H, Sq, D); k and v (KV, Sk, D); scores and masks (H, Sq, Sk). Arithme
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 
@@ -99,3 +101,87 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, causal:
     logits = scores(q, expand_kv(k, heads), scale)
     probs = softmax_masked(logits, mask)
     return weighted_sum(probs, expand_kv(v, heads)), probs
+
+
+class PairOutputs(NamedTuple):
+    """Exact and pruned attention of a head slice: probabilities (H, Sq, Sk) of the exact softmax (a view of
+    a reused buffer, valid until the next call), both outputs (H, Sq, D) and each row's exact argmax key."""
+
+    probs_exact: np.ndarray
+    out_exact: np.ndarray
+    out_pruned: np.ndarray
+    exact_arg: np.ndarray
+
+
+class AttentionWork:
+    """Exact and pruned attention of one head slice after another, in buffers allocated once.
+
+    The pruned softmax reuses the exact one's exponentials: in a row whose exact argmax key is kept, the kept
+    keys' maximum is the valid keys' maximum, so exp(logit - max) is the same number in both; only the other
+    rows (top-1 misses and empty rows) are exponentiated again. The results equal :func:`softmax_masked` +
+    :func:`weighted_sum` over ``valid`` and over ``keep`` bit for bit.
+    """
+
+    def __init__(self, heads: int, seq_q: int, seq_k: int, valid: np.ndarray) -> None:
+        self.logits = np.empty((heads, seq_q, seq_k), np.float32)
+        self.pruned = np.empty((heads, seq_q, seq_k), np.float32)
+        self.valid = valid
+        self.invalid = None if valid.all() else ~valid  # None: every pair is valid
+        # a causal mask is a prefix of each row: filling each row's tail is faster than a masked copy
+        n_valid = valid.sum(axis=-1)
+        prefix = np.array_equal(valid, np.arange(valid.shape[-1])[None, :] < n_valid[:, None])
+        self.row_ends = n_valid.tolist() if prefix and self.invalid is not None else None
+
+    def dense_keep(self, heads: int) -> np.ndarray:
+        """keep = valid for ``heads`` heads (what the 'none' rule keeps)."""
+        return np.broadcast_to(self.valid, (heads, *self.valid.shape)).copy()
+
+    def attend(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float,
+               keep: np.ndarray | None) -> PairOutputs:
+        """Attention of q (H, Sq, D) over k, v (H, Sk, D): exact over valid pairs, pruned over ``keep``
+        (None: no pruning, the pruned output is the exact one)."""
+        heads = q.shape[0]
+        seq_k = k.shape[1]
+        x = self.logits[:heads]
+        np.matmul(np.asarray(q, np.float32), np.asarray(k, np.float32).transpose(0, 2, 1), out=x)
+        x *= np.float32(scale)
+        if self.row_ends is not None:
+            for row, end in enumerate(self.row_ends):
+                x[:, row, end:] = -np.inf
+        elif self.invalid is not None:
+            np.copyto(x, np.float32(-np.inf), where=self.invalid)
+        exact_arg = x.argmax(axis=-1)
+        redo = saved = None
+        if keep is not None:
+            hit = np.take_along_axis(keep, exact_arg[..., None], axis=-1)[..., 0]
+            redo = np.flatnonzero(~hit)
+            saved = x.reshape(-1, seq_k)[redo]
+        _exp_shifted(x)
+        out_exact = None
+        if keep is None:
+            _normalize(x)
+            out_exact = weighted_sum(x, v)
+            return PairOutputs(x, out_exact, out_exact, exact_arg)
+        p = self.pruned[:heads]
+        np.multiply(x, keep, out=p)
+        if redo.size:
+            rows = np.where(keep.reshape(-1, seq_k)[redo], saved, np.float32(-np.inf))
+            _exp_shifted(rows)
+            p.reshape(-1, seq_k)[redo] = rows
+        _normalize(p)
+        _normalize(x)
+        return PairOutputs(x, weighted_sum(x, v), weighted_sum(p, v), exact_arg)
+
+
+def _exp_shifted(x: np.ndarray) -> None:
+    """x <- exp(x - row max) in place, as :func:`softmax_masked` does before normalising."""
+    row_max = x.max(axis=-1, keepdims=True)
+    row_max[~np.isfinite(row_max)] = 0.0
+    x -= row_max
+    np.exp(x, out=x)
+
+
+def _normalize(x: np.ndarray) -> None:
+    total = x.sum(axis=-1, keepdims=True)
+    total[total == 0] = 1.0
+    x /= total

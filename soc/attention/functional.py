@@ -15,13 +15,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from soc.attention.approx import approx_scores, head_cores
-from soc.attention.exact import kv_for_heads, scores, softmax_masked, valid_mask, weighted_sum
+from soc import progress
+from soc.attention.cim_layer import cim_scores, head_rngs, prune_layer
+from soc.attention.exact import AttentionWork, kv_for_heads, valid_mask
 from soc.attention.metrics import AccuracyTally
-from soc.attention.plan import COUNT_KEYS, chunk_counts, survivor_tables
-from soc.attention.pruning import (calibrate_thresholds, fixed_thresholds, forced_keys, prune_mask,
-                                  quantile_threshold)
+from soc.attention.plan import survivor_tables
+from soc.attention.pruning import calibrate_thresholds, fixed_thresholds, forced_keys, quantile_threshold
 from soc.attention.spec import LayerRule, PruningSpec
+from soc.attention.table import CHUNK_INDEX_KEYS, ChunkTable, repeat_groups
 from soc.errors import ConfigError, TraceError
 
 #: Above this many score elements per layer (heads * seq_q * seq_k), heads are processed one at a time.
@@ -29,25 +30,32 @@ MAX_LAYER_ELEMENTS = 2 ** 26
 #: Layer-granularity calibration over head-by-head layers uses at most this many (evenly strided) samples.
 CALIBRATION_SAMPLE_CAP = 2 ** 24
 
-CHUNK_INDEX_KEYS = ("layer", "head", "qtile", "ktile", "kv_head")
 #: Per-layer survivor arrays (soc.attention.plan.survivor_tables), stacked over layers in FunctionalResult.
 SURVIVOR_KEYS = ("key_used", "row_kept", "row_shared", "prev_total")
+
+__all__ = ["CHUNK_INDEX_KEYS", "SURVIVOR_KEYS", "FunctionalResult", "run_functional", "MAX_LAYER_ELEMENTS"]
+
+_head_rngs = head_rngs  # the name the faces used before soc.attention.cim_layer existed
 
 
 @dataclass
 class FunctionalResult:
     """What the functional pass hands to the timing model and the report.
 
-    ``chunks`` and ``dense_chunks`` hold flat int64 arrays in (layer, head, qtile, ktile) order under
-    :data:`CHUNK_INDEX_KEYS` + :data:`~soc.attention.plan.COUNT_KEYS`; chunks with no valid pair are dropped,
-    so the two tables align row by row (``dense_chunks`` is the no-pruning counterfactual, keep = valid).
-    ``kv_head`` is the KV head a query head reads (GQA: ``head // (heads / kv_heads)``). ``survivors`` holds the
-    per-query survivor arrays of :data:`SURVIVOR_KEYS` with a leading layer axis (for the row and cache
-    dataflows); ``valid`` the (seq_q, seq_k) validity the dense counterfactuals are built from.
+    ``chunks`` holds flat int32 arrays in (layer, head, qtile, ktile) order under
+    :data:`CHUNK_INDEX_KEYS` + :data:`~soc.attention.plan.COUNT_KEYS`; chunks with no valid pair are dropped;
+    ``kv_head`` is the KV head a query head reads (GQA: ``head // group``). The no-pruning counterfactual
+    (keep = valid) is the same for every (layer, KV head): ``dense_group`` is one KV group's table (its
+    ``group`` query heads in sequence, layer = kv_head = 0), ``dense_chunks`` repeats it for the whole trace on
+    demand, row-aligned with ``chunks`` (it is not kept: build it once where it is needed, or scale per-group
+    sums by ``dense_repeats``). ``survivors`` holds the per-query survivor arrays of :data:`SURVIVOR_KEYS` with
+    a leading layer axis (for the row and cache dataflows); ``valid`` the (seq_q, seq_k) validity.
     """
 
     chunks: dict[str, np.ndarray]
-    dense_chunks: dict[str, np.ndarray]
+    dense_group: dict[str, np.ndarray]
+    layers: int
+    heads: int
     accuracy: dict
     per_layer: list[dict]
     output: np.ndarray | None = None
@@ -56,16 +64,22 @@ class FunctionalResult:
     valid: np.ndarray | None = None
     group: int = 1
 
+    @property
+    def dense_repeats(self) -> int:
+        """How many (layer, KV head) copies of ``dense_group`` make the dense counterfactual."""
+        return self.layers * self.heads // self.group
+
+    @property
+    def dense_chunks(self) -> dict[str, np.ndarray]:
+        """The whole no-pruning chunk table (built anew at each access)."""
+        return repeat_groups(self.dense_group, self.layers, self.heads // self.group)
+
 
 def _head_slices(heads: int, seq_q: int, seq_k: int, group: int = 1) -> list[tuple[int, int]]:
     """Slices of whole GQA groups (what a KV head shares is counted within one slice)."""
     if heads * seq_q * seq_k <= MAX_LAYER_ELEMENTS:
         return [(0, heads)]
     return [(h, h + group) for h in range(0, heads, group)]
-
-
-def _head_rngs(seed: int, stream: int, layer: int, h0: int, h1: int) -> list[np.random.Generator]:
-    return [np.random.default_rng([seed, stream, layer, h]) for h in range(h0, h1)]
 
 
 def _check_trace(q: np.ndarray, k: np.ndarray, v: np.ndarray, what: str = "") -> tuple[int, ...]:
@@ -94,7 +108,12 @@ def _check_trace(q: np.ndarray, k: np.ndarray, v: np.ndarray, what: str = "") ->
 
 
 def _layer32(arr: np.ndarray, layer: int, name: str) -> np.ndarray:
-    out = np.asarray(arr[layer], dtype=np.float32)
+    """Layer ``layer`` of a trace array, checked finite. float16 and float32 stay as stored (a view of a mapped
+    trace: each head slice is cast to float32 where it is used, so a layer's float32 copy never exists);
+    other dtypes are cast to float32 here."""
+    out = np.asarray(arr[layer])
+    if out.dtype not in (np.float16, np.float32):
+        out = out.astype(np.float32)
     if not np.isfinite(out).all():
         raise TraceError(f"{name}: expected finite values, found NaN or inf in layer {layer}")
     return out
@@ -110,9 +129,9 @@ def _calibrate(rule: LayerRule, q_l: np.ndarray, k_l: np.ndarray, valid: np.ndar
     samples = []
     stride = max(1, math.ceil(heads * int(np.count_nonzero(valid)) / CALIBRATION_SAMPLE_CAP))
     for h0, h1 in slices:
-        approx = approx_scores(q_l[h0:h1], kv_for_heads(k_l, h0, h1, heads), pruning.quant, scale,
-                               head_rngs=_head_rngs(seed, stream, layer, h0, h1),
-                               cores=head_cores(layer, heads, h0, h1, pruning.quant.cores)).scores
+        approx = cim_scores(q_l[h0:h1], kv_for_heads(k_l, h0, h1, heads), pruning.quant, scale, seed=seed,
+                            layer=layer, first_head=h0, stream=stream, layer_heads=heads,
+                            kv_heads=k_l.shape[0]).scores
         if rule.granularity == "head" or len(slices) == 1:
             thr[h0:h1] = calibrate_thresholds(approx, valid, frac, rule.granularity, forced_keys(valid, rule))
         else:
@@ -141,37 +160,6 @@ def _layer_thresholds(rule: LayerRule, layer: int, q_l: np.ndarray, k_l: np.ndar
     if inline_ok or rule.granularity == "head":
         return np.empty(heads), True
     return _calibrate(rule, q_l, k_l, valid, pruning, scale, seed, 0, layer), False
-
-
-def _flat_counts(counts: dict[str, np.ndarray], layer: int, h0: int, group: int = 1) -> dict[str, np.ndarray]:
-    heads, nq, nk = counts["q_rows"].shape
-    index = np.indices((heads, nq, nk)).reshape(3, -1)
-    flat = {"layer": np.full(index.shape[1], layer, dtype=np.int64), "head": index[0] + h0,
-            "qtile": index[1], "ktile": index[2], "kv_head": (index[0] + h0) // group}
-    flat.update({key: counts[key].reshape(-1) for key in COUNT_KEYS})
-    return {key: val.astype(np.int64, copy=False) for key, val in flat.items()}
-
-
-def _concat_valid(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    keys = CHUNK_INDEX_KEYS + COUNT_KEYS
-    table = {key: np.concatenate([part[key] for part in parts]) for key in keys}
-    live = table["pairs_valid"] > 0
-    return {key: val[live] for key, val in table.items()}
-
-
-def dense_table(valid: np.ndarray, layers: int, heads: int, q_tile: int, k_tile: int,
-                group: int = 1) -> dict[str, np.ndarray]:
-    """The no-pruning chunk table: identical for every (layer, KV group), so counted once and tiled."""
-    keep = np.broadcast_to(valid, (group, *valid.shape))
-    one = _concat_valid([_flat_counts(chunk_counts(keep, valid, q_tile, k_tile, group), 0, 0, group)])
-    per_group = len(one["pairs_valid"])
-    groups = layers * heads // group
-    table = {key: np.tile(val, groups) for key, val in one.items()}
-    lg = np.repeat(np.arange(groups, dtype=np.int64), per_group)
-    table["layer"] = lg // (heads // group)
-    table["kv_head"] = lg % (heads // group)
-    table["head"] = table["kv_head"] * group + one["head"][np.tile(np.arange(per_group), groups)]
-    return table
 
 
 def _check_args(scale: float, causal: bool, query_offset: int, seq_q: int, seq_k: int, pruning: PruningSpec,
@@ -226,66 +214,65 @@ def run_functional(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, scale: float,
     group = heads // kv_heads
     slices = _head_slices(heads, seq_q, seq_k, group)
     tally = AccuracyTally()
-    parts: list[dict[str, np.ndarray]] = []
+    table = ChunkTable(valid, layers, heads, q_tile, k_tile, group)
+    surv: list[dict[str, np.ndarray]] = []
     per_layer: list[dict] = []
     output = np.empty((layers, heads, seq_q, head_dim), dtype=np.float32) if keep_output else None
     masks: list[np.ndarray] | None = [] if keep_masks else None
-    surv: list[dict[str, np.ndarray]] = []
+    width = slices[0][1] - slices[0][0]
+    work = AttentionWork(width, seq_q, seq_k, valid)
 
-    for layer in range(layers):
-        rule = pruning.for_layer(layer)
-        q_l, k_l, v_l = (_layer32(arr, layer, name) for arr, name in ((q, "q"), (k, "k"), (v, "v")))
-        info = {"layer": layer, **rule.describe()}
-        thresholds, inline = _layer_thresholds(rule, layer, q_l, k_l, valid, calibration, cal_valid, pruning,
-                                               scale, seed, len(slices) == 1, info)
-        score_lsb = np.empty(heads)
-        layer_mask = np.empty((heads, seq_q, seq_k), dtype=bool) if keep_masks else None
+    with progress.task("functional pass", total=layers, unit="layer") as bar:
+        for layer in range(layers):
+            rule = pruning.for_layer(layer)
+            q_l, k_l, v_l = (_layer32(arr, layer, name) for arr, name in ((q, "q"), (k, "k"), (v, "v")))
+            info = {"layer": layer, **rule.describe()}
+            thresholds, inline = _layer_thresholds(rule, layer, q_l, k_l, valid, calibration, cal_valid,
+                                                   pruning, scale, seed, len(slices) == 1, info)
+            score_lsb = np.empty(heads)
+            layer_mask = np.empty((heads, seq_q, seq_k), dtype=bool) if keep_masks else None
 
-        for h0, h1 in slices:
-            k_h, v_h = kv_for_heads(k_l, h0, h1, heads), kv_for_heads(v_l, h0, h1, heads)
-            logits = scores(q_l[h0:h1], k_h, scale)
-            probs_exact = softmax_masked(logits, valid)
-            out_exact = weighted_sum(probs_exact, v_h)
-            if rule.rule == "none":
-                keep = np.broadcast_to(valid, logits.shape).copy()
-                out_pruned = out_exact
-            else:
-                approx, score_lsb[h0:h1] = approx_scores(q_l[h0:h1], k_h, pruning.quant, scale,
-                                                         head_rngs=_head_rngs(seed, 0, layer, h0, h1),
-                                                         cores=head_cores(layer, heads, h0, h1,
-                                                                          pruning.quant.cores))
-                if inline:
-                    frac = float(rule.target_kept_fraction)
-                    thresholds[h0:h1] = calibrate_thresholds(approx, valid, frac, rule.granularity,
-                                                             forced_keys(valid, rule, query_offset))
-                keep = prune_mask(approx, valid, rule, None if thresholds is None else thresholds[h0:h1],
-                                  query_offset=query_offset)
-                del approx
-                out_pruned = weighted_sum(softmax_masked(logits, keep), v_h)
-            tally.add_layer(layer, valid=valid, keep=keep, logits=logits, probs_exact=probs_exact,
-                            out_exact=out_exact, out_pruned=out_pruned)
-            parts.append(_flat_counts(chunk_counts(keep, valid, q_tile, k_tile, group), layer, h0, group))
-            if survivors:
-                surv.append(survivor_tables(keep, valid, q_tile, k_tile, group))
-            if output is not None:
-                output[layer, h0:h1] = out_pruned
-            if layer_mask is not None:
-                layer_mask[h0:h1] = keep
-        if thresholds is not None:
-            info["thresholds"] = [float(t) for t in thresholds]
-        if rule.rule != "none":
-            # The comparator's resolution in logit units: one LSB of the integer MSB dot product, per head.
-            info["score_lsb"] = [float(x) for x in score_lsb]
-        per_layer.append(info)
-        if masks is not None:
-            masks.append(layer_mask)
+            for h0, h1 in slices:
+                k_h, v_h = kv_for_heads(k_l, h0, h1, heads), kv_for_heads(v_l, h0, h1, heads)
+                if rule.rule == "none":
+                    keep = None
+                else:
+                    given = None if thresholds is None or inline else thresholds[h0:h1]
+                    pruned = prune_layer(q_l[h0:h1], k_h, valid, rule, quant=pruning.quant, scale=scale,
+                                         seed=seed, layer=layer, first_head=h0, thresholds=given,
+                                         query_offset=query_offset, layer_heads=heads, kv_heads=kv_heads)
+                    keep, score_lsb[h0:h1] = pruned.keep, pruned.score_lsb
+                    if inline:
+                        thresholds[h0:h1] = pruned.thresholds
+                att = work.attend(q_l[h0:h1], k_h, v_h, scale, keep)
+                if keep is None:
+                    keep = work.dense_keep(h1 - h0)
+                    table.put_dense(layer, h0, h1 - h0)
+                else:
+                    table.put(layer, h0, keep)
+                if survivors:
+                    surv.append(survivor_tables(keep, valid, q_tile, k_tile, group))
+                tally.add_layer(layer, valid=valid, keep=keep, logits=None, probs_exact=att.probs_exact,
+                                out_exact=att.out_exact, out_pruned=att.out_pruned, exact_arg=att.exact_arg)
+                if output is not None:
+                    output[layer, h0:h1] = att.out_pruned
+                if layer_mask is not None:
+                    layer_mask[h0:h1] = keep
+            if thresholds is not None:
+                info["thresholds"] = [float(t) for t in thresholds]
+            if rule.rule != "none":
+                # The comparator's resolution in logit units: one LSB of the integer MSB dot product, per head.
+                info["score_lsb"] = [float(x) for x in score_lsb]
+            per_layer.append(info)
+            if masks is not None:
+                masks.append(layer_mask)
+            bar.advance()
 
     for info, summary in zip(per_layer, tally.per_layer()):
         info.update({key: val for key, val in summary.items() if key != "layer"})
     per_slice = len(slices)
     tables = {key: np.stack([np.concatenate([s[key] for s in surv[i:i + per_slice]])
                              for i in range(0, len(surv), per_slice)]) for key in SURVIVOR_KEYS} if surv else None
-    return FunctionalResult(chunks=_concat_valid(parts),
-                            dense_chunks=dense_table(valid, layers, heads, q_tile, k_tile, group),
+    return FunctionalResult(chunks=table.flat(), dense_group=table.dense_group, layers=layers, heads=heads,
                             accuracy=tally.as_dict(), per_layer=per_layer, output=output, masks=masks,
                             survivors=tables, valid=valid, group=group)

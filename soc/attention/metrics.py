@@ -53,17 +53,20 @@ def _rel_err(err_sq: float, ref_sq: float) -> float:
     return float(np.sqrt(err_sq))
 
 
-def layer_counts(valid: np.ndarray, keep: np.ndarray, logits: np.ndarray, probs_exact: np.ndarray,
-                 out_exact: np.ndarray, out_pruned: np.ndarray) -> _Counts:
-    """The accuracy counters of one layer (or a slice of its heads); arrays (H, Sq, Sk) / (H, Sq, D)."""
+def layer_counts(valid: np.ndarray, keep: np.ndarray, logits: np.ndarray | None, probs_exact: np.ndarray,
+                 out_exact: np.ndarray, out_pruned: np.ndarray, exact_arg: np.ndarray | None = None) -> _Counts:
+    """The accuracy counters of one layer (or a slice of its heads); arrays (H, Sq, Sk) / (H, Sq, D).
+
+    ``exact_arg`` (H, Sq), each row's first maximum of the logits over its valid keys, replaces ``logits``
+    when the caller has it already."""
     heads = keep.shape[0]
-    valid_b = np.broadcast_to(valid, keep.shape)
-    row_has_valid = valid_b.any(axis=-1)
+    row_has_valid = np.broadcast_to(valid.any(axis=-1), keep.shape[:-1])
     row_has_kept = keep.any(axis=-1)
     mass = np.einsum("hqk,hqk->hq", probs_exact, keep, dtype=np.float64, casting="unsafe")
     # argmax returns the first maximum and kept keys are a subset of valid ones, so the pruned argmax equals
     # the exact one exactly when the exact argmax key is kept.
-    exact_arg = np.where(valid_b, logits, -np.inf).argmax(axis=-1)
+    if exact_arg is None:
+        exact_arg = np.where(np.broadcast_to(valid, keep.shape), logits, -np.inf).argmax(axis=-1)
     agree = np.take_along_axis(keep, exact_arg[..., None], axis=-1)[..., 0]
     diff = out_pruned.astype(np.float64) - out_exact
     valid_pairs = np.count_nonzero(valid) * (heads if valid.ndim == 2 else 1)
@@ -85,10 +88,11 @@ class AccuracyTally:
 
     layers: dict[int, _Counts] = field(default_factory=dict)
 
-    def add_layer(self, layer: int, *, valid: np.ndarray, keep: np.ndarray, logits: np.ndarray,
-                  probs_exact: np.ndarray, out_exact: np.ndarray, out_pruned: np.ndarray) -> None:
+    def add_layer(self, layer: int, *, valid: np.ndarray, keep: np.ndarray, logits: np.ndarray | None,
+                  probs_exact: np.ndarray, out_exact: np.ndarray, out_pruned: np.ndarray,
+                  exact_arg: np.ndarray | None = None) -> None:
         """Add the pairs of ``layer`` (all heads or a slice of them): shapes as in :func:`layer_counts`."""
-        counts = layer_counts(valid, keep, logits, probs_exact, out_exact, out_pruned)
+        counts = layer_counts(valid, keep, logits, probs_exact, out_exact, out_pruned, exact_arg)
         self.layers.setdefault(layer, _Counts()).merge(counts)
 
     def total(self) -> _Counts:

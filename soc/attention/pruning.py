@@ -13,6 +13,7 @@ Invalid pairs are never kept. The rules (see :mod:`soc.attention.spec`):
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -49,16 +50,95 @@ def quantile_threshold(vals: np.ndarray, target: float) -> np.ndarray:
     return out
 
 
+#: Values sampled (with replacement, at fixed pseudo-random positions) to bracket a quantile before the exact pass.
+BAND_SAMPLE = 1 << 14
+#: Half-width of the bracket, in sample standard deviations of the quantile's rank (a miss only costs a retry).
+BAND_SIGMAS = 6.0
+
+
+@functools.lru_cache(maxsize=8)
+def _sample_positions(size: int) -> np.ndarray:
+    """Fixed pseudo-random positions in an array of ``size`` values (the same for every head of a shape)."""
+    idx = np.random.default_rng([size, BAND_SAMPLE]).integers(0, size, size=BAND_SAMPLE)
+    idx.setflags(write=False)
+    return idx
+
+
+def _quantile_in_band(x: np.ndarray, valid: np.ndarray | None, n: int, target: float) -> float | None:
+    """:func:`quantile_threshold` of the valid entries of ``x`` (a set of heads seen as one row), without
+    gathering or partitioning them all: a sample brackets the quantile in a value band, counts place the band
+    among all values, and a partial partition of the band alone finds the exact value. None if the sample's
+    band missed (the caller then takes the full path; the answer never depends on the sample)."""
+    want = min(max(int(round(target * n)), 1), n)
+    kth = n - want
+    flat = x.reshape(-1)
+    idx = _sample_positions(flat.size)
+    sample = flat[idx] if valid is None else flat[idx][valid.reshape(-1)[idx % valid.size]]
+    if sample.size < 64:
+        return None
+    p = kth / n
+    half = BAND_SIGMAS * math.sqrt(max(p * (1 - p), 1.0 / sample.size) / sample.size) + 2.0 / sample.size
+    i_lo, i_hi = int(math.floor((p - half) * sample.size)), int(math.ceil((p + half) * sample.size))
+    ends = [i for i in (i_lo, i_hi) if 0 <= i < sample.size]
+    if ends:
+        sample.partition(ends)
+    lo = sample[i_lo] if 0 <= i_lo < sample.size else -np.inf
+    hi = sample[i_hi] if 0 <= i_hi < sample.size else np.inf
+    inside = x >= lo
+    if valid is not None:
+        inside &= valid
+    n_below = n - int(np.count_nonzero(inside))
+    inside &= x <= hi
+    band = x[inside]
+    n_above = n - n_below - band.size
+    if not n_below <= kth < n_below + band.size:
+        return None
+    j = kth - n_below
+    thr = np.partition(band, j)[j]
+    count_ge = n_above + int(np.count_nonzero(band >= thr))
+    out = float(thr)
+    if count_ge > want:  # the tie rule of quantile_threshold, on counts
+        greater = band[band > thr]
+        count_gt = n_above + greater.size
+        if greater.size:
+            above = float(greater.min())
+        elif n_above:
+            over = x > hi if valid is None else (x > hi) & valid
+            above = float(x[over].min())
+        else:
+            above = math.inf
+        if math.isfinite(above) and abs(count_gt - want) < count_ge - want:
+            out = above
+    return out
+
+
+def _set_quantile(x: np.ndarray, valid: np.ndarray | None, target: float) -> float:
+    """The quantile threshold of the valid entries of ``x`` (valid broadcast over x's leading axes)."""
+    full = None if valid is None else np.broadcast_to(valid, x.shape)
+    n = x.size if valid is None else int(np.count_nonzero(valid)) * (x.size // valid.size)
+    if n == 0:
+        return 0.0
+    got = _quantile_in_band(x, valid, n, target)
+    if got is not None:
+        return got
+    vals = x.reshape(-1) if full is None else x[full]
+    return float(quantile_threshold(vals[None, :], target)[0])
+
+
 def calibrate_thresholds(approx: np.ndarray, valid: np.ndarray, target_kept_fraction: float,
                          granularity: str = "head", forced: np.ndarray | None = None) -> np.ndarray:
     """Comparator references (H,) such that the fraction of valid pairs with s~ >= thr is nearest the target.
 
-    ``granularity`` 'head': one quantile per head; 'layer': one quantile over all heads, repeated.
-    ``forced`` (Sq, Sk): pairs kept whatever their score (sink and recent keys); the quantile is then taken
-    over the other valid pairs so that forced + comparator-kept pairs make up the target.
+    ``granularity`` 'head': one quantile per head; 'layer': one quantile over all heads, repeated. Equal to
+    :func:`quantile_threshold` over the gathered valid scores, found without gathering them (see
+    :func:`_quantile_in_band`). ``forced`` (Sq, Sk): pairs kept whatever their score (sink and recent keys);
+    the quantile is then taken over the other valid pairs so that forced + comparator-kept pairs make up the
+    target.
     """
     if not 0.0 < target_kept_fraction <= 1.0:
         raise ValueError(f"target_kept_fraction: expected a number in (0, 1], got {target_kept_fraction}")
+    if granularity not in ("head", "layer"):
+        raise ValueError(f"granularity: expected 'head' or 'layer', got {granularity!r}")
     heads = approx.shape[0]
     _valid_3d(valid, approx.shape)
     if forced is not None and forced.any():
@@ -68,19 +148,13 @@ def calibrate_thresholds(approx: np.ndarray, valid: np.ndarray, target_kept_frac
         if share <= 0:  # the forced pairs alone reach the target: a finite reference above every score
             return approx.reshape(heads, -1).max(axis=1).astype(np.float64) + 1.0
         return calibrate_thresholds(approx, free, min(share, 1.0), granularity)
-    if valid.ndim == 2:
-        vals = approx[:, valid]  # (H, n valid) in one gather: validity is shared by the heads
-        if granularity == "head":
-            return quantile_threshold(vals, target_kept_fraction)
-        if granularity == "layer":
-            return np.repeat(quantile_threshold(vals.reshape(1, -1), target_kept_fraction), heads)
-    else:
-        if granularity == "head":
-            return np.concatenate([quantile_threshold(approx[h][valid[h]][None, :], target_kept_fraction)
-                                   for h in range(heads)])
-        if granularity == "layer":
-            return np.repeat(quantile_threshold(approx[valid][None, :], target_kept_fraction), heads)
-    raise ValueError(f"granularity: expected 'head' or 'layer', got {granularity!r}")
+    shared = None if valid.all() else valid  # a full validity needs no mask at all
+    if granularity == "layer":
+        v = shared if shared is None or shared.ndim == 2 else shared
+        return np.full(heads, _set_quantile(approx, v, target_kept_fraction))
+    if shared is not None and shared.ndim == 3:
+        return np.array([_set_quantile(approx[h], shared[h], target_kept_fraction) for h in range(heads)])
+    return np.array([_set_quantile(approx[h], shared, target_kept_fraction) for h in range(heads)])
 
 
 def fixed_thresholds(rule: LayerRule, heads: int) -> np.ndarray | None:

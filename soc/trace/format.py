@@ -23,7 +23,7 @@ import tokenize
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -38,7 +38,7 @@ from soc.trace.meta import FORMAT, SOURCES, TraceMeta, check_model_meta
 from soc.trace.meta import bad as _bad
 
 __all__ = ["FORMAT", "SOURCES", "ARRAYS", "Trace", "TraceMeta", "load_trace", "save_trace", "trace_info",
-           "check_arrays"]
+           "check_arrays", "save_trace_layers"]
 
 ARRAYS = ("q", "k", "v")
 _DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
@@ -389,7 +389,7 @@ def save_trace(path: str | os.PathLike[str], q: np.ndarray, k: np.ndarray, v: np
                 np.savez(fh, q=arrays["q"], k=arrays["k"], v=arrays["v"], meta=np.array(text))
             os.chmod(target, 0o666 & ~_umask())  # the temporary file was private (0600)
         else:
-            _save_dir(target, arrays, text, overwrite=overwrite)
+            _save_dir(target, _write_arrays(arrays), text, overwrite=overwrite)
     except FileExistsError:  # another writer created it first (exclusive creation)
         raise TraceError(f"{where}: a trace was written there meanwhile; pass --force to replace it") from None
     except OSError as exc:
@@ -403,7 +403,67 @@ def _umask() -> int:
     return mask
 
 
-def _save_dir(target: Path, arrays: Mapping[str, np.ndarray], meta_text: str, overwrite: bool = True) -> None:
+def save_trace_layers(path: str | os.PathLike[str], meta: TraceMeta,
+                      layers: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], *,
+                      overwrite: bool = True) -> Path:
+    """Write a directory trace layer by layer: ``layers`` yields (q, k, v) of layer 0, 1, ... in the trace's
+    dtype; memory holds one layer (the files are filled through memory maps). Checked and replaced as
+    :func:`save_trace` does."""
+    target = Path(path)
+    where = str(target)
+    if target.suffix == ".npz":
+        raise TraceError(f"{where}: expected a directory path; a layer-by-layer trace is a directory trace")
+    if target.exists() and not overwrite:
+        raise TraceError(f"{where}: already exists (pass overwrite=True to replace it)")
+    shapes = meta.expected_shapes()
+
+    def write(tmp: Path) -> None:
+        files: dict[str, np.ndarray] = {}
+        done = 0
+        for layer, arrays in enumerate(layers):
+            if layer >= meta.layers:
+                raise TraceError(f"{where}: more layers than meta.layers = {meta.layers}")
+            for name, a in zip(ARRAYS, arrays):
+                if name not in files:
+                    if a.dtype not in _DTYPES:
+                        raise _bad(where, name, "dtype float16 or float32", str(a.dtype))
+                    files[name] = npf.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=a.dtype,
+                                                  shape=shapes[name])
+                if a.shape != shapes[name][1:] or a.dtype != files[name].dtype:
+                    raise _bad(where, f"{name}[{layer}]", f"shape {shapes[name][1:]} of {files[name].dtype}",
+                               f"{a.shape} of {a.dtype}")
+                _check_finite(name, a, f"{where} layer {layer}")
+                files[name][layer] = a
+            done = layer + 1
+        if done != meta.layers:
+            raise TraceError(f"{where}: expected {meta.layers} layers, got {done}")
+        for name, mm in files.items():
+            mm.flush()
+            with open(tmp / f"{name}.npy", "rb+") as fh:
+                os.fsync(fh.fileno())
+        files.clear()
+
+    try:
+        _save_dir(target, write, json.dumps(meta.to_dict(), allow_nan=False), overwrite=overwrite)
+    except FileExistsError:  # another writer created it first (exclusive creation)
+        raise TraceError(f"{where}: a trace was written there meanwhile; pass --force to replace it") from None
+    except OSError as exc:
+        raise TraceError(f"{where}: cannot write ({exc.strerror or exc})") from None
+    return target
+
+
+def _write_arrays(arrays: Mapping[str, np.ndarray]):
+    def write(tmp: Path) -> None:
+        for name, a in arrays.items():
+            with open(tmp / f"{name}.npy", "wb") as fh:
+                np.save(fh, a, allow_pickle=False)
+                fh.flush()
+                os.fsync(fh.fileno())
+    return write
+
+
+def _save_dir(target: Path, write_arrays: Callable[[Path], None], meta_text: str,
+              overwrite: bool = True) -> None:
     where = str(target)
     if target.exists():
         if not target.is_dir():
@@ -418,11 +478,7 @@ def _save_dir(target: Path, arrays: Mapping[str, np.ndarray], meta_text: str, ov
     tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(target), suffix=".tmp", dir=target.parent))
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private (0700)
-        for name, a in arrays.items():
-            with open(tmp / f"{name}.npy", "wb") as fh:
-                np.save(fh, a, allow_pickle=False)
-                fh.flush()
-                os.fsync(fh.fileno())
+        write_arrays(tmp)
         with open(tmp / "meta.json", "w", encoding="utf-8") as fh:
             fh.write(meta_text + "\n")
             fh.flush()

@@ -35,12 +35,15 @@ have the real traces' magnitudes (std 1.3-2.2).
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
+from soc import progress
 from soc.errors import ConfigError
-from soc.trace.format import FORMAT, Trace, TraceMeta
+from soc.trace.format import FORMAT, Trace, TraceMeta, save_trace_layers
 from soc.trace.workload import WorkloadSpec, load_workload
 
 GENERATOR = "soc.synth/1"
@@ -295,15 +298,9 @@ def _layer(rng: np.random.Generator, spec: WorkloadSpec, layer: int, seq: _Seque
     return q, k, v
 
 
-def synth_trace(spec: WorkloadSpec | str, *, seq_len: int | None = None, layers: int | None = None,
-                mode: str = "prefill", prompt: int | None = None, generate: int | None = None, seed: int = 0,
-                dtype: type | np.dtype = np.float16) -> Trace:
-    """A synthetic trace of workload ``spec`` (a WorkloadSpec or a workload name / YAML path).
-
-    ``mode="prefill"``: every position queries (seq_q = seq_len). ``mode="decode"`` (decoders only): a
-    prompt of ``prompt`` tokens then ``generate`` generated ones (default 1); k/v cover all prompt+generate
-    positions, q only the generated ones (query_offset = prompt); it equals the prefill trace of the same
-    length with the prompt's queries dropped. ``layers`` keeps the first N layers (unchanged by N)."""
+def _plan(spec: WorkloadSpec | str, seq_len: int | None, layers: int | None, mode: str, prompt: int | None,
+          generate: int | None, seed: int, dtype: type | np.dtype) -> tuple[WorkloadSpec, TraceMeta, np.dtype]:
+    """Validate the arguments of :func:`synth_trace`; the workload, the trace's metadata and its dtype."""
     if not isinstance(spec, WorkloadSpec):
         spec = load_workload(spec)
     where = f"synth_trace({spec.name})"
@@ -340,18 +337,49 @@ def synth_trace(spec: WorkloadSpec | str, *, seq_len: int | None = None, layers:
     if _split(spec.head_dim)[1] < 4:
         raise ConfigError(f"{where}: head_dim: expected >= 10 for the synthetic generator, "
                           f"got {spec.head_dim}")
-
-    seq = _sequence(np.random.default_rng([int(seed), 0]), total, spec.family)
-    q = np.empty((n_layers, spec.heads, total - offset, spec.head_dim), dt)
-    k = np.empty((n_layers, spec.kv_heads, total, spec.head_dim), dt)
-    v = np.empty_like(k)
-    scale = 1.0 / math.sqrt(spec.head_dim)
-    for layer in range(n_layers):
-        ql, k[layer], v[layer] = _layer(np.random.default_rng([int(seed), 1, layer]), spec, layer, seq)
-        q[layer] = ql[:, offset:]
     meta = TraceMeta(model=spec.name, source="synthetic", causal=spec.causal, layers=n_layers,
                      heads=spec.heads, kv_heads=spec.kv_heads, seq_len=total, head_dim=spec.head_dim,
-                     scale=scale, query_offset=offset, format=FORMAT,
+                     scale=1.0 / math.sqrt(spec.head_dim), query_offset=offset, format=FORMAT,
                      extra={"synth": {"generator": GENERATOR, "workload": spec.name, "mode": mode,
                                       "seed": int(seed)}})
+    return spec, meta, dt
+
+
+def _layers(spec: WorkloadSpec, meta: TraceMeta, seed: int,
+            dt: np.dtype) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(q, k, v) of each layer in turn, in the trace's dtype; one layer in memory at a time."""
+    seq = _sequence(np.random.default_rng([int(seed), 0]), meta.seq_len, spec.family)
+    with progress.task(f"trace synth {spec.name}", total=meta.layers, unit="layer") as bar:
+        for layer in range(meta.layers):
+            ql, kl, vl = _layer(np.random.default_rng([int(seed), 1, layer]), spec, layer, seq)
+            yield ql[:, meta.query_offset:].astype(dt), kl.astype(dt), vl.astype(dt)
+            bar.advance()
+
+
+def synth_trace(spec: WorkloadSpec | str, *, seq_len: int | None = None, layers: int | None = None,
+                mode: str = "prefill", prompt: int | None = None, generate: int | None = None, seed: int = 0,
+                dtype: type | np.dtype = np.float16) -> Trace:
+    """A synthetic trace of workload ``spec`` (a WorkloadSpec or a workload name / YAML path).
+
+    ``mode="prefill"``: every position queries (seq_q = seq_len). ``mode="decode"`` (decoders only): a
+    prompt of ``prompt`` tokens then ``generate`` generated ones (default 1); k/v cover all prompt+generate
+    positions, q only the generated ones (query_offset = prompt); it equals the prefill trace of the same
+    length with the prompt's queries dropped. ``layers`` keeps the first N layers (unchanged by N).
+    For traces larger than memory, :func:`write_synth_trace` streams the layers into a directory."""
+    spec, meta, dt = _plan(spec, seq_len, layers, mode, prompt, generate, seed, dtype)
+    shapes = meta.expected_shapes()
+    q, k, v = (np.empty(shapes[name], dt) for name in "qkv")
+    for layer, (ql, kl, vl) in enumerate(_layers(spec, meta, seed, dt)):
+        q[layer], k[layer], v[layer] = ql, kl, vl
     return Trace(q=q, k=k, v=v, meta=meta)
+
+
+def write_synth_trace(path: str | os.PathLike[str], spec: WorkloadSpec | str, *, seq_len: int | None = None,
+                      layers: int | None = None, mode: str = "prefill", prompt: int | None = None,
+                      generate: int | None = None, seed: int = 0, dtype: type | np.dtype = np.float16,
+                      overwrite: bool = True) -> TraceMeta:
+    """Write the trace :func:`synth_trace` would return to the directory ``path``, one layer at a time (memory:
+    one layer), so that it can be replayed memory-mapped. Same arrays, same metadata."""
+    spec, meta, dt = _plan(spec, seq_len, layers, mode, prompt, generate, seed, dtype)
+    save_trace_layers(path, meta, _layers(spec, meta, seed, dt), overwrite=overwrite)
+    return meta

@@ -1,0 +1,145 @@
+"""The faster functional pass (issue 14) against the pass it replaced, frozen in tests/legacy_functional.py:
+the same masks, chunk tables, thresholds, metrics and outputs, bit for bit, on every rule and path."""
+
+from __future__ import annotations
+
+import legacy_functional as legacy
+import numpy as np
+import pytest
+from test_functional import make_trace
+
+from soc.attention import functional
+from soc.attention.pruning import calibrate_thresholds, quantile_threshold
+from soc.attention.spec import CimQuantSpec, LayerRule, PruningSpec
+from soc.attention.table import CHUNK_DTYPE
+
+THR = LayerRule("threshold", target_kept_fraction=0.3)
+CASES = {
+    "threshold-head-noisy": dict(rule=THR, noise=0.7),
+    "threshold-head-noiseless": dict(rule=LayerRule("threshold", target_kept_fraction=0.25)),
+    "threshold-layer": dict(rule=LayerRule("threshold", target_kept_fraction=0.4, granularity="layer"),
+                            noise=0.3),
+    "threshold-fixed-sinks": dict(rule=LayerRule("threshold", threshold=0.5, keep_sink_tokens=1,
+                                                 keep_recent_tokens=2), noise=0.2),
+    "margin": dict(rule=LayerRule("margin", margin=1.5), noise=0.4),
+    "topk": dict(rule=LayerRule("topk", topk_keys=5), noise=0.4),
+    "none": dict(rule=LayerRule("none")),
+    "decode-offset": dict(rule=THR, noise=0.5, seq_q=6, offset=34),
+    "encoder": dict(rule=THR, noise=0.5, causal=False),
+    "mixed-layers": dict(rule=THR, noise=0.5,
+                         per_layer=((1, LayerRule("none")), (2, LayerRule("margin", margin=0.5)))),
+}
+
+
+def _run(module, q, k, v, *, rule, causal=True, offset=0, noise=0.0, per_layer=(), calibration=None):
+    spec = PruningSpec(rule, per_layer=per_layer, quant=CimQuantSpec(noise_sigma_lsb=noise))
+    return module.run_functional(q, k, v, scale=q.shape[-1] ** -0.5, causal=causal, query_offset=offset,
+                                 pruning=spec, q_tile=8, k_tile=16, seed=3, keep_output=True,
+                                 keep_masks=True, calibration=calibration)
+
+
+def _assert_same(new, old):
+    assert new.accuracy == old.accuracy
+    assert new.per_layer == old.per_layer  # thresholds, score LSBs and per-layer metrics, exactly
+    for key in old.chunks:
+        assert new.chunks[key].dtype == CHUNK_DTYPE
+        np.testing.assert_array_equal(new.chunks[key], old.chunks[key], err_msg=key)
+        np.testing.assert_array_equal(new.dense_chunks[key], old.dense_chunks[key], err_msg=f"dense {key}")
+    for a, b in zip(new.masks, old.masks):
+        np.testing.assert_array_equal(a, b)
+    assert new.output.tobytes() == old.output.tobytes()
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_same_results_as_the_replaced_pass(name):
+    case = dict(CASES[name])
+    seq_q = case.pop("seq_q", 40)
+    q, k, v = make_trace(seed=len(name), seq_q=seq_q, seq_k=40)
+    _assert_same(_run(functional, q, k, v, **case), _run(legacy, q, k, v, **case))
+
+
+@pytest.mark.parametrize("rule", [THR, LayerRule("threshold", target_kept_fraction=0.4, granularity="layer"),
+                                  LayerRule("margin", margin=1.0)])
+def test_same_results_head_by_head(monkeypatch, rule):
+    monkeypatch.setattr(functional, "MAX_LAYER_ELEMENTS", 1)
+    monkeypatch.setattr(legacy, "MAX_LAYER_ELEMENTS", 1)
+    q, k, v = make_trace(seed=5)
+    _assert_same(_run(functional, q, k, v, rule=rule, noise=0.5), _run(legacy, q, k, v, rule=rule, noise=0.5))
+
+
+def test_same_results_with_a_calibration_trace():
+    q, k, v = make_trace(seed=6)
+    cq, ck, _ = make_trace(seed=7, layers=4, seq_q=30, seq_k=50)
+    args = dict(rule=THR, noise=0.5, calibration=(cq, ck))
+    _assert_same(_run(functional, q, k, v, **args), _run(legacy, q, k, v, **args))
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("frac", [0.02, 0.25, 0.75, 1.0])
+def test_band_thresholds_equal_the_full_partition_on_large_layers(causal, frac):
+    """Layers big enough for the sampled band (the small traces above fall back to the full partition)."""
+    rng = np.random.default_rng(int(frac * 100) + causal)
+    approx = rng.standard_normal((3, 300, 300)).astype(np.float32)
+    approx[1] = np.round(approx[1] * 4) / 4  # heavy ties, as noiseless integer scores have
+    valid = np.tril(np.ones((300, 300), bool)) if causal else np.ones((300, 300), bool)
+    for granularity in ("head", "layer"):
+        got = calibrate_thresholds(approx, valid, frac, granularity)
+        want = legacy.calibrate_thresholds(approx, valid, frac, granularity)
+        assert got.tobytes() == want.tobytes(), granularity
+
+
+def test_band_threshold_misses_fall_back_to_the_exact_answer(monkeypatch):
+    """A band too narrow to hold the quantile (forced here) must still give the exact threshold."""
+    from soc.attention import pruning
+
+    monkeypatch.setattr(pruning, "BAND_SIGMAS", -1.0)  # an empty band: every call misses
+    approx = np.random.default_rng(0).standard_normal((2, 200, 200)).astype(np.float32)
+    valid = np.tril(np.ones((200, 200), bool))
+    got = calibrate_thresholds(approx, valid, 0.3, "head")
+    want = quantile_threshold(approx[:, valid], 0.3)
+    assert got.tobytes() == want.tobytes()
+
+
+def test_functional_pass_and_trace_synth_advance_one_step_per_layer(tmp_path):
+    from soc import progress
+    from soc.trace.synth import write_synth_trace
+
+    seen: dict[str, list] = {}
+
+    class Recording(progress.Task):
+        def __init__(self, name: str, total) -> None:
+            self.name = name
+            seen[name] = [total, 0]
+
+        def advance(self, n: float = 1) -> None:
+            seen[self.name][1] += n
+
+    token = progress._factory.set(lambda name, total, unit: Recording(name, total))
+    try:
+        q, k, v = make_trace(seed=1, layers=3)
+        _run(functional, q, k, v, rule=THR)
+        write_synth_trace(tmp_path / "t", "minilm-l6", seq_len=16, layers=2)
+    finally:
+        progress._factory.reset(token)
+    assert seen == {"functional pass": [3, 3], "trace synth minilm-l6": [2, 2]}
+
+
+@pytest.mark.parametrize("placement", ["stream", "reuse", "resident"])
+def test_dense_counterfactual_per_head_scales_to_the_whole_table(causal_trace, paper_cfg, placement):
+    """The report's dense traffic can come from one KV group's table times the (layer, KV head) count: the same
+    bytes, exactly, as from the whole table (what FunctionalResult.dense_group / dense_repeats offer)."""
+    import dataclasses
+
+    from soc.dataflow import demand, traffic_totals
+    from soc.simulate import dense_config, shape_of, simulate
+
+    cfg = dataclasses.replace(paper_cfg, dataflow=dataclasses.replace(paper_cfg.dataflow, kv_placement=placement))
+    res = simulate(cfg, causal_trace, model_accuracy=False)
+    func, shape, place = res.functional, shape_of(causal_trace), res.stats.placement
+    dense_cfg = dense_config(cfg)
+    whole = traffic_totals(demand(func.dense_chunks, dense_cfg, shape, place), place)
+    group_shape = dataclasses.replace(shape, layers=1, heads=func.group, kv_heads=1)
+    one = traffic_totals(demand(func.dense_group, dense_cfg, group_shape, place), place)
+    assert whole == {key: val * func.dense_repeats for key, val in one.items()}
+    assert res.report["traffic"]["dense"] == whole
+    assert func.dense_group["pairs_valid"].sum() * func.dense_repeats == func.dense_chunks["pairs_valid"].sum()
