@@ -40,7 +40,6 @@ def build_report(result: "Result") -> dict[str, Any]:
     cfg, shape, func, stats = result.config, result.shape, result.functional, result.stats
     wall_s = result.wall_s
     latency_ns = stats.latency_ns
-    blocks = stats.blocks
     counts = stats.counts
     hd = shape.head_dim
     opm = cfg.ops_per_mac
@@ -52,7 +51,7 @@ def build_report(result: "Result") -> dict[str, Any]:
     }
     dense = traffic_totals(result.dense_demand, stats.placement)
     # blocks with statistics of their own (the banked DRAM's row buffers) report them under "memory"
-    memory = {name: b.extra_report() for name, b in blocks.items() if hasattr(b, "extra_report")}
+    memory = stats.memory
     # K/V reuse: share of the rows the digital side needed that were already on chip (resident or reuse)
     needed = float(func.chunks["union_keys"].sum())
     kv_reuse = 1.0 - stats.kv_rows_fetched / needed if needed > 0 else None

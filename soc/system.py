@@ -16,6 +16,7 @@ So the CIM scores tile i+1 while the digital processor computes tile i, and K/V 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -62,15 +63,22 @@ class SimStats:
     pairs: int = 1  # CIM/digital pairs; heads go to them round-robin (``pair_of``)
     results: dict[str, dict[str, Any]] = field(default_factory=dict)  # every block's own result() hook
     tech: dict[str, Any] = field(default_factory=dict)  # the technology table used (name, file, corner)
+    memory: dict[str, dict[str, Any]] = field(default_factory=dict)  # blocks' extra statistics (DRAM row buffers)
+    layers: int = 1  # timing runs merged into this one (one per layer: soc/shard.py)
+
+    def portable(self) -> "SimStats":
+        """The same statistics without the live blocks and the demand table: small, picklable, for a merge."""
+        return dataclasses.replace(self, blocks={}, demand={})
 
 
 class System:
-    """One SoC instance for one workload shape. ``run(chunks)`` may be called once."""
+    """One SoC instance for one workload shape. ``run(chunks)`` may be called once. ``initial_ns``: the clock
+    at build (a merged run's blocks stand at its end, so their statistics read the whole run's time)."""
 
-    def __init__(self, cfg: SocConfig, shape: Shape, recorder: Recorder = OFF) -> None:
+    def __init__(self, cfg: SocConfig, shape: Shape, recorder: Recorder = OFF, initial_ns: float = 0.0) -> None:
         self.cfg = cfg
         self.shape = shape
-        self.env = simpy.Environment()
+        self.env = simpy.Environment(initial_time=initial_ns)
         self.recorder = recorder
         self.waiting: dict[str, str] = {}
         self._build()
@@ -312,6 +320,7 @@ class System:
         stats.results = {name: block.result() for name, block in stats.blocks.items()}
         stats.results["other"] = unmodelled(self.cfg, self.tech, sum(r["area_mm2"] for r in stats.results.values()))
         stats.tech = self.tech.describe()
+        stats.memory = {name: b.extra_report() for name, b in stats.blocks.items() if hasattr(b, "extra_report")}
         return stats
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -46,6 +47,7 @@ class FunctionalResult:
     per_layer: list[dict]
     output: np.ndarray | None = None
     masks: list[np.ndarray] | None = None
+    tally: AccuracyTally | None = None  # the accuracy counters per layer (merging passes over disjoint layers)
 
 
 def _head_slices(heads: int, seq_q: int, seq_k: int) -> list[tuple[int, int]]:
@@ -148,14 +150,14 @@ def _concat_valid(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {key: val[live] for key, val in table.items()}
 
 
-def _dense_table(valid: np.ndarray, layers: int, heads: int, q_tile: int,
+def _dense_table(valid: np.ndarray, layers: list[int], heads: int, q_tile: int,
                  k_tile: int) -> dict[str, np.ndarray]:
-    """The no-pruning chunk table: identical for every (layer, head), so counted once and tiled."""
+    """The no-pruning chunk table of ``layers``: identical for every (layer, head), so counted once and tiled."""
     one = _concat_valid([_flat_counts(chunk_counts(valid[None], valid, q_tile, k_tile), 0, 0)])
     per_head = len(one["pairs_valid"])
-    table = {key: np.tile(val, layers * heads) for key, val in one.items()}
-    lh = np.repeat(np.arange(layers * heads, dtype=np.int64), per_head)
-    table["layer"], table["head"] = lh // heads, lh % heads
+    table = {key: np.tile(val, len(layers) * heads) for key, val in one.items()}
+    lh = np.repeat(np.arange(len(layers) * heads, dtype=np.int64), per_head)
+    table["layer"], table["head"] = np.asarray(layers, dtype=np.int64)[lh // heads], lh % heads
     return table
 
 
@@ -181,14 +183,21 @@ def _check_args(scale: float, causal: bool, query_offset: int, seq_q: int, seq_k
 def run_functional(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, scale: float, causal: bool,
                    query_offset: int = 0, pruning: PruningSpec, q_tile: int, k_tile: int, seed: int = 0,
                    keep_output: bool = False, keep_masks: bool = False,
-                   calibration: tuple[np.ndarray, np.ndarray] | None = None) -> FunctionalResult:
+                   calibration: tuple[np.ndarray, np.ndarray] | None = None,
+                   layers: Sequence[int] | None = None) -> FunctionalResult:
     """Prune and compute attention for every layer of a trace; see :class:`FunctionalResult`.
+
+    ``layers`` (increasing indices) limits the pass to those layers of the trace; its tables, ``per_layer`` and
+    ``tally`` then cover them only, under their own indices (a shard of one run: ``soc.shard``).
 
     q (layers, heads, seq_q, head_dim); k, v (layers, kv_heads, seq_k, head_dim). ``calibration`` is an
     optional (q, k) pair of another trace with the same heads and head_dim and at least as many layers: its
     approximate scores set the calibrated threshold references (its causal offset is seq_k - seq_q).
     """
-    layers, heads, seq_q, head_dim, kv_heads, seq_k = _check_trace(q, k, v)
+    n_layers, heads, seq_q, head_dim, kv_heads, seq_k = _check_trace(q, k, v)
+    chosen = list(range(n_layers)) if layers is None else [int(x) for x in layers]
+    if any(not 0 <= x < n_layers for x in chosen) or chosen != sorted(set(chosen)):
+        raise ConfigError(f"layers: expected increasing layer indices in 0..{n_layers - 1}, got {layers!r}")
     _check_args(scale, causal, query_offset, seq_q, seq_k, pruning, q_tile, k_tile, seed)
     q_tile, k_tile, seed, query_offset = int(q_tile), int(k_tile), int(seed), int(query_offset)
     valid = valid_mask(seq_q, seq_k, causal, query_offset)
@@ -198,8 +207,8 @@ def run_functional(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, scale: float,
             raise TraceError("calibration: expected a (q, k) pair of arrays")
         cq, ck = calibration
         c_layers, c_heads, c_seq_q, c_dim, c_kv, c_seq_k = _check_trace(cq, ck, None, what="calibration ")
-        if c_layers < layers or (c_heads, c_kv, c_dim) != (heads, kv_heads, head_dim):
-            raise TraceError(f"calibration q: expected >= {layers} layers, {heads} heads, {kv_heads} kv "
+        if c_layers < n_layers or (c_heads, c_kv, c_dim) != (heads, kv_heads, head_dim):
+            raise TraceError(f"calibration q: expected >= {n_layers} layers, {heads} heads, {kv_heads} kv "
                              f"heads, head_dim {head_dim}, got q {cq.shape}, k {ck.shape}")
         if causal and c_seq_q > c_seq_k:
             raise TraceError(f"calibration q: expected seq_q <= seq_k for a causal trace, "
@@ -210,10 +219,10 @@ def run_functional(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, scale: float,
     tally = AccuracyTally()
     parts: list[dict[str, np.ndarray]] = []
     per_layer: list[dict] = []
-    output = np.empty((layers, heads, seq_q, head_dim), dtype=np.float32) if keep_output else None
+    output = np.empty((len(chosen), heads, seq_q, head_dim), dtype=np.float32) if keep_output else None
     masks: list[np.ndarray] | None = [] if keep_masks else None
 
-    for layer in range(layers):
+    for at, layer in enumerate(chosen):
         rule = pruning.for_layer(layer)
         q_l, k_l, v_l = (_layer32(arr, layer, name) for arr, name in ((q, "q"), (k, "k"), (v, "v")))
         info = {"layer": layer, **rule.describe()}
@@ -244,7 +253,7 @@ def run_functional(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, scale: float,
                             out_exact=out_exact, out_pruned=out_pruned)
             parts.append(_flat_counts(chunk_counts(keep, valid, q_tile, k_tile), layer, h0))
             if output is not None:
-                output[layer, h0:h1] = out_pruned
+                output[at, h0:h1] = out_pruned
             if layer_mask is not None:
                 layer_mask[h0:h1] = keep
         if thresholds is not None:
@@ -259,5 +268,6 @@ def run_functional(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, scale: float,
     for info, summary in zip(per_layer, tally.per_layer()):
         info.update({key: val for key, val in summary.items() if key != "layer"})
     return FunctionalResult(chunks=_concat_valid(parts),
-                            dense_chunks=_dense_table(valid, layers, heads, q_tile, k_tile),
-                            accuracy=tally.as_dict(), per_layer=per_layer, output=output, masks=masks)
+                            dense_chunks=_dense_table(valid, chosen, heads, q_tile, k_tile),
+                            accuracy=tally.as_dict(), per_layer=per_layer, output=output, masks=masks,
+                            tally=tally)
