@@ -48,9 +48,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     trace = load_trace(args.trace or default_trace(), mmap=True)
     from soc.decode import decode_layout
     if decode_layout(trace) is not None:  # a decode trace: a prefill, then one simulation per step
+        if args.workers is not None or args.scheduler is not None:
+            raise SocError("--workers/--scheduler: not for a decode trace (its steps run one after another)")
         return _run_decode(args, cfg, trace)
+    if (args.workers is not None or args.scheduler is not None) and (args.timeline or args.plots):
+        raise SocError("--workers/--scheduler: a timeline or plots need the serial run; drop one of them")
     recorder, finish = _timeline(args)
-    result = simulate(cfg, trace, recorder=recorder, seed=args.seed)
+    result = simulate(cfg, trace, recorder=recorder, seed=args.seed, workers=args.workers, scheduler=args.scheduler)
     out = Path(args.out)
     note_replacing(out / "report.json")
     write_json(out / "report.json", result.report)
@@ -167,6 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="event budget of the timeline (default 200000, 0: no limit); truncation is noted")
     r.add_argument("--seed", type=int, default=None, help="seed of the analog noise (default: the config's)")
     r.add_argument("--batch", type=int, default=1, help="decode traces: sequences decoded together (default 1)")
+    r.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="run the model's layers on N local processes (same report as serial, sim aside)")
+    r.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run the model's layers on the Dask cluster at ADDRESS (tcp://HOST:PORT)")
     r.set_defaults(func=cmd_run)
 
     t = sub.add_parser("trace", help="make or inspect workload traces")

@@ -27,6 +27,7 @@ import numpy as np
 from soc import progress
 from soc.attention.functional import FunctionalResult, run_functional
 from soc.attention.metrics import AccuracyTally
+from soc.attention.spec import PruningSpec
 from soc.config.schema import SocConfig
 from soc.dataflow import Shape
 from soc.errors import ConfigError
@@ -63,9 +64,9 @@ class _Shifted(Recorder):
 
 
 def _layer_stats(cfg: SocConfig, shape: Shape, chunks: dict[str, np.ndarray], recorder: Recorder = OFF,
-                 appends: tuple = ()) -> SimStats:
+                 appends: tuple = (), bar: progress.Task | None = None) -> SimStats:
     """One layer's timing run on a fresh System (``chunks``: that layer's rows)."""
-    return System(cfg, shape, recorder).run(chunks, appends).portable()
+    return System(cfg, shape, recorder).run(chunks, appends, bar).portable()
 
 
 def run_layers(cfg: SocConfig, shape: Shape, chunks: dict[str, np.ndarray], recorder: Recorder = OFF,
@@ -74,14 +75,16 @@ def run_layers(cfg: SocConfig, shape: Shape, chunks: dict[str, np.ndarray], reco
     layer). With a timeline, layer L's spans are shifted by the latencies of the layers before it."""
     parts: list[SimStats] = []
     offset = 0.0
-    with progress.task("timing", total=shape.layers, unit="layer") as bar:
-        for i, (_, rows) in enumerate(layer_slices(chunks)):
+    layers = layer_slices(chunks)
+    with progress.task("event loop", total=len(chunks["layer"]), unit="tile") as bar:
+        for i, (_, rows) in enumerate(layers):  # one step per layer
+            bar.note(f"layer {i + 1}/{len(layers)}")
             rec = recorder if recorder.sink is None or offset == 0.0 else _Shifted(recorder, offset)
             part = _layer_stats(cfg, shape, {k: v[rows] for k, v in chunks.items()}, rec,
-                                appends if i == 0 else ())
+                                appends if i == 0 else (), bar)
             parts.append(part)
             offset += part.latency_ns
-            bar.advance()
+            bar.advance(rows.stop - rows.start)
     return merge_stats(cfg, shape, parts, chunks)
 
 
@@ -169,6 +172,8 @@ def merge_functional(parts: list[FunctionalResult]) -> FunctionalResult:
 class LayerTask:
     """What a worker needs for one layer: small and picklable (the trace travels as its path)."""
     cfg: SocConfig
+    spec: PruningSpec
+    shape: Shape
     trace_path: str
     layer: int
 
@@ -183,19 +188,17 @@ def run_layer(task: LayerTask) -> tuple[int, FunctionalResult, SimStats]:
     """A worker's job: the functional pass and the timing run of one layer, at one BLAS thread."""
     from threadpoolctl import threadpool_limits
 
-    from soc.simulate import pruning_spec, shape_of
-
-    cfg = task.cfg
+    cfg, shape = task.cfg, task.shape
     with threadpool_limits(limits=1):
         trace = _open(task.trace_path)
-        m, shape = trace.meta, shape_of(trace)
+        m = trace.meta
         calibration = None
         if cfg.pruning.calibration_trace:
             cal = _open(str(cfg.pruning.calibration_trace))
             calibration = (cal.q, cal.k)
         key_tile = System(cfg, shape).key_tile
         func = run_functional(trace.q, trace.k, trace.v, scale=m.scale, causal=m.causal, query_offset=m.query_offset,
-                              pruning=pruning_spec(cfg), q_tile=cfg.dataflow.q_tile_rows, k_tile=key_tile,
+                              pruning=task.spec, q_tile=cfg.dataflow.q_tile_rows, k_tile=key_tile,
                               seed=cfg.seed, calibration=calibration, layers=[task.layer])
         stats = _layer_stats(cfg, shape, func.chunks)
     return task.layer, func, stats
@@ -229,7 +232,7 @@ def _dask(scheduler: str) -> Callable[[list[LayerTask]], Iterator]:
     return run
 
 
-def run_sharded(cfg: SocConfig, trace, shape: Shape, *, workers: int | None = None,
+def run_sharded(cfg: SocConfig, trace, shape: Shape, spec: PruningSpec, *, workers: int | None = None,
                 scheduler: str | None = None) -> tuple[FunctionalResult, SimStats]:
     """The functional pass and the timing of every layer on ``workers`` local processes or the Dask cluster at
     ``scheduler``, merged as the serial run merges them."""
@@ -238,7 +241,7 @@ def run_sharded(cfg: SocConfig, trace, shape: Shape, *, workers: int | None = No
         raise ConfigError("workers: a sharded run opens the trace by path in every worker; load it from a file")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ConfigError(f"workers: expected an integer >= 1, got {workers!r}")
-    tasks = [LayerTask(cfg, str(path), layer) for layer in range(shape.layers)]
+    tasks = [LayerTask(cfg, spec, shape, str(path), layer) for layer in range(shape.layers)]
     run = _dask(scheduler) if scheduler is not None else _local(workers or 1)
     done: dict[int, tuple[FunctionalResult, SimStats]] = {}
     with progress.task("layers", total=len(tasks), unit="layer") as bar:

@@ -171,7 +171,7 @@ def _simulate_sharded(cfg: SocConfig, trace, shape: Shape, spec: PruningSpec, *,
     if any(other):
         raise ConfigError("workers/scheduler: keep_output, keep_masks, calibration arrays, a reused functional "
                           "pass and appends need the serial run")
-    func, stats = run_sharded(cfg, trace, shape, workers=workers, scheduler=scheduler)
+    func, stats = run_sharded(cfg, trace, shape, spec, workers=workers, scheduler=scheduler)
     task = None
     if model_accuracy:
         from soc.model_accuracy import model_accuracy as evaluate

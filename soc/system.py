@@ -267,8 +267,10 @@ class System:
             yield from self._move(src, dst, nbytes, label)
         self.waiting.pop("append", None)
 
-    def run(self, chunks: dict[str, np.ndarray], appends: tuple[tuple[str, str, float, str], ...] = ()) -> SimStats:
-        """Walk the tiles of ``chunks``; ``appends`` are (src, dst, bytes, label) transfers run alongside."""
+    def run(self, chunks: dict[str, np.ndarray], appends: tuple[tuple[str, str, float, str], ...] = (),
+            bar: progress.Task | None = None) -> SimStats:
+        """Walk the tiles of ``chunks``; ``appends`` are (src, dst, bytes, label) transfers run alongside.
+        ``bar``: a progress task the caller advances (else the run opens its own, in tiles)."""
         wall0 = time.perf_counter()
         table = self.timing_table(chunks)
         self._demand = table
@@ -291,8 +293,12 @@ class System:
             procs.append(self.env.process(self._digital_stage(i, len(idx), ready)))
         if appends:
             procs.append(self.env.process(self._append_stage(tuple(appends))))
-        with progress.task("event loop", total=len(idx_all), unit="tile") as self._progress:
+        if bar is not None:
+            self._progress = progress.Task()  # the caller's bar moves per layer
             self.env.run()
+        else:
+            with progress.task("event loop", total=len(idx_all), unit="tile") as self._progress:
+                self.env.run()
         if any(p.is_alive for p in procs):
             blocked = "; ".join(f"{k} waits for {v}" for k, v in sorted(self.waiting.items()))
             raise SimulationStalled(f"simulation stalled at t={self.env.now:.1f} ns with work left: {blocked}")
