@@ -47,7 +47,9 @@ def main() -> None:
             for name, extra in (("serial", []), (f"--workers {a.workers}", ["--workers", str(a.workers)])):
                 wall, cpu, report = one(a.trace, Path(tmp) / f"{r}{len(extra)}", extra)
                 ref = ref or report
-                assert report == ref, f"{name}: report differs from the serial one"
+                if report != ref:
+                    raise SystemExit(f"{name} (run {r}): report differs from the first serial one in "
+                                     f"{sorted(k for k in report if report[k] != ref.get(k))}")
                 runs[name].append((wall, cpu))
     for name, xs in runs.items():
         print(f"{name:12s} wall median {statistics.median(w for w, _ in xs):7.2f} s  "

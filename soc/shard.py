@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -142,6 +142,8 @@ def merge_stats(cfg: SocConfig, shape: Shape, parts: list[SimStats], chunks: dic
         for port in block.ports:
             port.busy_ns = busy.get(port.name, 0.0)
     probe.net.link_bytes = {hop: link_bytes[f"{hop[0]}->{hop[1]}"] for hop in probe.net.link_bytes}
+    for buf in probe.buffers:
+        buf.peak = max(p.results[buf.name].get("peak_entries", 0) for p in parts)
     demand = probe.timing_table(chunks)
     return SimStats(
         latency_ns=latency, events=sum(p.events for p in parts), wall_s=sum(p.wall_s for p in parts),
@@ -208,7 +210,13 @@ def _local(workers: int) -> Callable[[list[LayerTask]], Iterator]:
     def run(tasks: list[LayerTask]) -> Iterator:
         ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds threads and mapped files
         with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-            yield from pool.map(run_layer, tasks)
+            futures = [pool.submit(run_layer, t) for t in tasks]
+            try:
+                for fut in as_completed(futures):
+                    yield fut.result()
+            finally:  # an error or an interrupt: drop the layers not started
+                for fut in futures:
+                    fut.cancel()
     return run
 
 
