@@ -85,9 +85,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         bar.advance()
     from soc.decode import decode_layout
     if decode_layout(trace) is not None:  # a decode trace: a prefill, then one simulation per step
+        if args.workers is not None or args.scheduler is not None:
+            raise SocError("--workers/--scheduler: not for a decode trace (its steps run one after another)")
         return _run_decode(args, cfg, trace, out)
+    if (args.workers is not None or args.scheduler is not None) and (args.timeline or args.plots):
+        raise SocError("--workers/--scheduler: a timeline or plots need the serial run; drop one of them")
     recorder, finish = _timeline(args)
-    result = simulate_named(cfg, trace, config_name(args.config, args.set), recorder=recorder, seed=args.seed)
+    result = simulate_named(cfg, trace, config_name(args.config, args.set), recorder=recorder, seed=args.seed,
+                            workers=args.workers, scheduler=args.scheduler)
     note_replacing(out / "report.json")
     write_json(out / "report.json", result.report)
     print(summary_text(result.report))
@@ -382,6 +387,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=_nonneg_int, default=None, help=SEED_HELP)
     r.add_argument("--batch", type=_pos_int, default=1, metavar="B",
                    help="decode traces: sequences decoded together (default: 1)")
+    r.add_argument("--workers", type=_pos_int, default=None, metavar="N",
+                   help="run the model's layers on N local processes; the report is the serial one, sim aside "
+                        "(default: serial)")
+    r.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run the model's layers on the Dask cluster at ADDRESS, tcp://HOST:PORT (default: none)")
     r.set_defaults(func=cmd_run)
 
     t = sub.add_parser("trace", help="make or inspect workload traces", description="Make or inspect "

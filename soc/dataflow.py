@@ -245,8 +245,9 @@ def survivor_fetch_rows(survivors: dict[str, np.ndarray], placement: Placement, 
 def _fetched_keys(chunks: dict[str, np.ndarray], first_k: np.ndarray, placement: Placement,
                   row_bytes: int, survivor_rows: np.ndarray | None = None) -> np.ndarray:
     """K/V rows each chunk fetches from DRAM under the placement."""
-    if placement.needs_survivors:
-        return survivor_rows[chunks["layer"], chunks["head"], chunks["qtile"], chunks["ktile"]]
+    if placement.needs_survivors:  # the survivors' layer axis holds the chunks' layers, in order
+        at = np.searchsorted(np.unique(chunks["layer"]), chunks["layer"])
+        return survivor_rows[at, chunks["head"], chunks["qtile"], chunks["ktile"]]
     if placement.kv == "resident":
         return chunks["new_keys"]
     union = chunks["union_keys"]

@@ -39,7 +39,6 @@ def build_report(result: "Result") -> dict[str, Any]:
     cfg, shape, func, stats = result.config, result.shape, result.functional, result.stats
     wall_s = result.wall_s
     latency_ns = stats.latency_ns
-    blocks = stats.blocks
     counts = stats.counts
     hd = shape.head_dim
     opm = cfg.ops_per_mac
@@ -51,7 +50,7 @@ def build_report(result: "Result") -> dict[str, Any]:
     }
     dense, dense_best = result.dense_traffic, result.dense_best_traffic
     # blocks with statistics of their own (the banked DRAM's row buffers) report them under "memory"
-    memory = {name: b.extra_report() for name, b in blocks.items() if hasattr(b, "extra_report")}
+    memory = stats.memory
     # K/V reuse: share of the rows the digital side needed that were already on chip (resident or reuse)
     # (row: a query needs its own kept rows, so a row counts once per query that keeps it)
     needed = float(func.chunks["pairs_kept" if stats.placement.kv == "row" else "union_keys"].sum())

@@ -27,6 +27,7 @@ from soc.config.schema import LayerPruning, PruningConfig, SocConfig
 from soc.dataflow import Shape, dense_best_traffic, dense_traffic
 from soc.errors import ConfigError, TraceError
 from soc.recorder import OFF, Recorder
+from soc.shard import run_layers, run_sharded
 from soc.system import SimStats, System
 
 
@@ -123,7 +124,7 @@ def shape_of(trace) -> Shape:
 def simulate(cfg: SocConfig, trace, *, recorder: Recorder = OFF, seed: int | None = None,
              keep_output: bool = False, keep_masks: bool = False, calibration=None,
              model_accuracy: bool = True, functional: FunctionalResult | None = None,
-             appends: tuple = ()) -> Result:
+             appends: tuple = (), workers: int | None = None, scheduler: str | None = None) -> Result:
     """Run ``trace`` on the SoC ``cfg``; ``seed`` (default ``cfg.seed``) drives the analog noise only.
 
     With ``model_accuracy`` and a trace captured from a model that is installed, the model is re-run with the
@@ -131,7 +132,11 @@ def simulate(cfg: SocConfig, trace, *, recorder: Recorder = OFF, seed: int | Non
     ``accuracy.model``).
     ``functional`` reuses the functional pass of an earlier run with the same pruning, tiles and seed (configs
     that differ only in timing, e.g. memory hierarchies, prune alike). ``appends`` are extra transfers run
-    beside the tile walk (a decode step's K/V append; see ``System.run``).
+    beside the tile walk (a decode step's K/V append; see ``System.run``), with the first layer.
+
+    Each layer is its own timing run (a fresh System from t = 0: layer L+1 waits for layer L's output) and the
+    runs merge into one (soc/shard.py). ``workers`` (local processes) or ``scheduler`` (a Dask cluster's
+    address) spread the layers' functional passes and timing runs; the report is the serial one (``sim`` aside).
     """
     wall0 = time.perf_counter()
     if seed is not None:  # the report's resolved config records the seed actually used
@@ -157,15 +162,16 @@ def simulate(cfg: SocConfig, trace, *, recorder: Recorder = OFF, seed: int | Non
     need_survivors = system.placement.needs_survivors  # row/cache dataflows: per-query survivor sets
     if functional is not None and need_survivors and functional.survivors is None:
         functional = None
-    need_survivors = system.placement.needs_survivors  # row/cache dataflows: per-query survivor sets
-    if functional is not None and need_survivors and functional.survivors is None:
-        functional = None
+    if workers is not None or scheduler is not None:
+        return _simulate_sharded(cfg, trace, shape, spec, recorder=recorder, workers=workers, scheduler=scheduler,
+                                 other=(keep_output, keep_masks, calibration is not None, functional is not None,
+                                        bool(appends)), model_accuracy=model_accuracy, wall0=wall0)
     func = functional if functional is not None else run_functional(
         trace.q, trace.k, trace.v, scale=m.scale, causal=m.causal, query_offset=m.query_offset, pruning=spec,
         q_tile=cfg.dataflow.q_tile_rows, k_tile=system.key_tile, seed=seed, keep_output=keep_output,
         keep_masks=keep_masks, survivors=need_survivors, calibration=calibration)
     try:
-        stats = system.run(func.chunks, appends, func.survivors)
+        stats = run_layers(cfg, shape, func.chunks, recorder, appends, func.survivors)
     except Exception as exc:  # the partial result travels with the exception
         exc.result = assemble(cfg, trace, func, None, wall0=wall0, error=exc)  # type: ignore[attr-defined]
         raise
@@ -174,6 +180,24 @@ def simulate(cfg: SocConfig, trace, *, recorder: Recorder = OFF, seed: int | Non
         from soc.model_accuracy import model_accuracy as evaluate
 
         task = evaluate(trace, spec, func, seed)
+    return assemble(cfg, trace, func, stats, task=task, wall0=wall0)
+
+
+def _simulate_sharded(cfg: SocConfig, trace, shape: Shape, spec: PruningSpec, *, recorder: Recorder,
+                      workers: int | None, scheduler: str | None, other: tuple, model_accuracy: bool,
+                      wall0: float) -> Result:
+    if recorder.sink is not None:
+        raise ConfigError("workers/scheduler: a timeline needs the serial run (its spans come from this process); "
+                          "drop --timeline/--plots or --workers/--scheduler")
+    if any(other):
+        raise ConfigError("workers/scheduler: keep_output, keep_masks, calibration arrays, a reused functional "
+                          "pass and appends need the serial run")
+    func, stats = run_sharded(cfg, trace, shape, spec, workers=workers, scheduler=scheduler)
+    task = None
+    if model_accuracy:
+        from soc.model_accuracy import model_accuracy as evaluate
+
+        task = evaluate(trace, spec, func, cfg.seed)
     return assemble(cfg, trace, func, stats, task=task, wall0=wall0)
 
 

@@ -16,6 +16,7 @@ So the CIM scores tile i+1 while the digital processor computes tile i, and K/V 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -64,15 +65,22 @@ class SimStats:
     results: dict[str, dict[str, Any]] = field(default_factory=dict)  # every block's own result() hook
     tech: dict[str, Any] = field(default_factory=dict)  # the technology table used (name, file, corner)
     kv_lookups: float = 0.0  # row/cache: survivor-buffer or cache-tag lookups (for their hit rate)
+    memory: dict[str, dict[str, Any]] = field(default_factory=dict)  # blocks' extra statistics (DRAM row buffers)
+    layers: int = 1  # timing runs merged into this one (one per layer: soc/shard.py)
+
+    def portable(self) -> "SimStats":
+        """The same statistics without the live blocks and the demand table: small, picklable, for a merge."""
+        return dataclasses.replace(self, blocks={}, demand={})
 
 
 class System:
-    """One SoC instance for one workload shape. ``run(chunks)`` may be called once."""
+    """One SoC instance for one workload shape. ``run(chunks)`` may be called once. ``initial_ns``: the clock
+    at build (a merged run's blocks stand at its end, so their statistics read the whole run's time)."""
 
-    def __init__(self, cfg: SocConfig, shape: Shape, recorder: Recorder = OFF) -> None:
+    def __init__(self, cfg: SocConfig, shape: Shape, recorder: Recorder = OFF, initial_ns: float = 0.0) -> None:
         self.cfg = cfg
         self.shape = shape
-        self.env = simpy.Environment()
+        self.env = simpy.Environment(initial_time=initial_ns)
         self.recorder = recorder
         self.waiting: dict[str, str] = {}
         self._build()
@@ -268,9 +276,10 @@ class System:
         self.waiting.pop("append", None)
 
     def run(self, chunks: dict[str, np.ndarray], appends: tuple[tuple[str, str, float, str], ...] = (),
-            survivors: dict[str, np.ndarray] | None = None) -> SimStats:
+            survivors: dict[str, np.ndarray] | None = None, bar: progress.Task | None = None) -> SimStats:
         """Walk the tiles of ``chunks``; ``appends`` are (src, dst, bytes, label) transfers run alongside;
-        ``survivors``: FunctionalResult.survivors (needed by the row and cache dataflows)."""
+        ``survivors``: FunctionalResult.survivors of the chunks' layers (needed by the row and cache dataflows).
+        ``bar``: a progress task the caller advances (else the run opens its own, in tiles)."""
         wall0 = time.perf_counter()
         table = self.timing_table(chunks, survivors)
         self._demand = table
@@ -294,8 +303,12 @@ class System:
             procs.append(self.env.process(self._digital_stage(i, len(idx), ready)))
         if appends:
             procs.append(self.env.process(self._append_stage(tuple(appends))))
-        with progress.task("event loop", total=len(idx_all), unit="tile") as self._progress:
+        if bar is not None:
+            self._progress = progress.Task()  # the caller's bar moves per layer
             self.env.run()
+        else:
+            with progress.task("event loop", total=len(idx_all), unit="tile") as self._progress:
+                self.env.run()
         if any(p.is_alive for p in procs):
             blocked = "; ".join(f"{k} waits for {v}" for k, v in sorted(self.waiting.items()))
             raise SimulationStalled(f"simulation stalled at t={self.env.now:.1f} ns with work left: {blocked}")
@@ -324,6 +337,7 @@ class System:
         stats.results = {name: block.result() for name, block in stats.blocks.items()}
         stats.results["other"] = unmodelled(self.cfg, self.tech, sum(r["area_mm2"] for r in stats.results.values()))
         stats.tech = self.tech.describe()
+        stats.memory = {name: b.extra_report() for name, b in stats.blocks.items() if hasattr(b, "extra_report")}
         return stats
 
 

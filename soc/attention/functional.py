@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -63,6 +64,8 @@ class FunctionalResult:
     survivors: dict[str, np.ndarray] | None = None
     valid: np.ndarray | None = None
     group: int = 1
+    tally: AccuracyTally | None = None  # the accuracy counters per layer (merging passes over disjoint layers)
+    layer_ids: tuple[int, ...] | None = None  # the trace's layers this result covers (None: 0..layers-1)
 
     @property
     def dense_repeats(self) -> int:
@@ -72,7 +75,10 @@ class FunctionalResult:
     @property
     def dense_chunks(self) -> dict[str, np.ndarray]:
         """The whole no-pruning chunk table (built anew at each access)."""
-        return repeat_groups(self.dense_group, self.layers, self.heads // self.group)
+        table = repeat_groups(self.dense_group, self.layers, self.heads // self.group)
+        if self.layer_ids is not None:
+            table["layer"] = np.asarray(self.layer_ids, dtype=table["layer"].dtype)[table["layer"]]
+        return table
 
 
 def _head_slices(heads: int, seq_q: int, seq_k: int, group: int = 1) -> list[tuple[int, int]]:
@@ -184,8 +190,12 @@ def _check_args(scale: float, causal: bool, query_offset: int, seq_q: int, seq_k
 def run_functional(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, scale: float, causal: bool,
                    query_offset: int = 0, pruning: PruningSpec, q_tile: int, k_tile: int, seed: int = 0,
                    keep_output: bool = False, keep_masks: bool = False, survivors: bool = False,
-                   calibration: tuple[np.ndarray, np.ndarray] | None = None) -> FunctionalResult:
+                   calibration: tuple[np.ndarray, np.ndarray] | None = None,
+                   layers: Sequence[int] | None = None) -> FunctionalResult:
     """Prune and compute attention for every layer of a trace; see :class:`FunctionalResult`.
+
+    ``layers`` (increasing indices) limits the pass to those layers of the trace; its tables, ``per_layer`` and
+    ``tally`` then cover them only, under their own indices (a shard of one run: ``soc.shard``).
 
     q (layers, heads, seq_q, head_dim); k, v (layers, kv_heads, seq_k, head_dim). ``calibration`` is an
     optional (q, k) pair of another trace with the same heads and head_dim and at least as many layers: its
@@ -193,7 +203,10 @@ def run_functional(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, scale: float,
     ``survivors``: also keep the per-query survivor arrays the row and cache dataflows need (about
     layers x heads x seq_q x key tiles x 8 bytes).
     """
-    layers, heads, seq_q, head_dim, kv_heads, seq_k = _check_trace(q, k, v)
+    n_layers, heads, seq_q, head_dim, kv_heads, seq_k = _check_trace(q, k, v)
+    chosen = list(range(n_layers)) if layers is None else [int(x) for x in layers]
+    if any(not 0 <= x < n_layers for x in chosen) or chosen != sorted(set(chosen)):
+        raise ConfigError(f"layers: expected increasing layer indices in 0..{n_layers - 1}, got {layers!r}")
     _check_args(scale, causal, query_offset, seq_q, seq_k, pruning, q_tile, k_tile, seed)
     q_tile, k_tile, seed, query_offset = int(q_tile), int(k_tile), int(seed), int(query_offset)
     valid = valid_mask(seq_q, seq_k, causal, query_offset)
@@ -203,8 +216,8 @@ def run_functional(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, scale: float,
             raise TraceError("calibration: expected a (q, k) pair of arrays")
         cq, ck = calibration
         c_layers, c_heads, c_seq_q, c_dim, c_kv, c_seq_k = _check_trace(cq, ck, None, what="calibration ")
-        if c_layers < layers or (c_heads, c_kv, c_dim) != (heads, kv_heads, head_dim):
-            raise TraceError(f"calibration q: expected >= {layers} layers, {heads} heads, {kv_heads} kv "
+        if c_layers < n_layers or (c_heads, c_kv, c_dim) != (heads, kv_heads, head_dim):
+            raise TraceError(f"calibration q: expected >= {n_layers} layers, {heads} heads, {kv_heads} kv "
                              f"heads, head_dim {head_dim}, got q {cq.shape}, k {ck.shape}")
         if causal and c_seq_q > c_seq_k:
             raise TraceError(f"calibration q: expected seq_q <= seq_k for a causal trace, "
@@ -214,16 +227,16 @@ def run_functional(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, scale: float,
     group = heads // kv_heads
     slices = _head_slices(heads, seq_q, seq_k, group)
     tally = AccuracyTally()
-    table = ChunkTable(valid, layers, heads, q_tile, k_tile, group)
+    table = ChunkTable(valid, len(chosen), heads, q_tile, k_tile, group, layer_ids=chosen)
     surv: list[dict[str, np.ndarray]] = []
     per_layer: list[dict] = []
-    output = np.empty((layers, heads, seq_q, head_dim), dtype=np.float32) if keep_output else None
+    output = np.empty((len(chosen), heads, seq_q, head_dim), dtype=np.float32) if keep_output else None
     masks: list[np.ndarray] | None = [] if keep_masks else None
     width = slices[0][1] - slices[0][0]
     work = AttentionWork(width, seq_q, seq_k, valid)
 
-    with progress.task("functional pass", total=layers, unit="layer") as bar:
-        for layer in range(layers):
+    with progress.task("functional pass", total=len(chosen), unit="layer") as bar:
+        for at, layer in enumerate(chosen):
             rule = pruning.for_layer(layer)
             q_l, k_l, v_l = (_layer32(arr, layer, name) for arr, name in ((q, "q"), (k, "k"), (v, "v")))
             info = {"layer": layer, **rule.describe()}
@@ -247,15 +260,15 @@ def run_functional(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, scale: float,
                 att = work.attend(q_l[h0:h1], k_h, v_h, scale, keep)
                 if keep is None:
                     keep = work.dense_keep(h1 - h0)
-                    table.put_dense(layer, h0, h1 - h0)
+                    table.put_dense(at, h0, h1 - h0)
                 else:
-                    table.put(layer, h0, keep)
+                    table.put(at, h0, keep)
                 if survivors:
                     surv.append(survivor_tables(keep, valid, q_tile, k_tile, group))
                 tally.add_layer(layer, valid=valid, keep=keep, logits=None, probs_exact=att.probs_exact,
                                 out_exact=att.out_exact, out_pruned=att.out_pruned, exact_arg=att.exact_arg)
                 if output is not None:
-                    output[layer, h0:h1] = att.out_pruned
+                    output[at, h0:h1] = att.out_pruned
                 if layer_mask is not None:
                     layer_mask[h0:h1] = keep
             if thresholds is not None:
@@ -273,6 +286,7 @@ def run_functional(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, scale: float,
     per_slice = len(slices)
     tables = {key: np.stack([np.concatenate([s[key] for s in surv[i:i + per_slice]])
                              for i in range(0, len(surv), per_slice)]) for key in SURVIVOR_KEYS} if surv else None
-    return FunctionalResult(chunks=table.flat(), dense_group=table.dense_group, layers=layers, heads=heads,
+    return FunctionalResult(chunks=table.flat(), dense_group=table.dense_group, layers=len(chosen), heads=heads,
                             accuracy=tally.as_dict(), per_layer=per_layer, output=output, masks=masks,
-                            survivors=tables, valid=valid, group=group)
+                            survivors=tables, valid=valid, group=group, tally=tally,
+                            layer_ids=None if layers is None else tuple(chosen))

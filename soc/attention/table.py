@@ -55,7 +55,9 @@ class ChunkTable:
     """The pruned run's chunk table, filled slice by slice of whole GQA groups."""
 
     def __init__(self, valid: np.ndarray, layers: int, heads: int, q_tile: int, k_tile: int,
-                 group: int = 1) -> None:
+                 group: int = 1, layer_ids=None) -> None:
+        """``layers`` rows of layers (the trace's indices ``layer_ids``, default 0..layers-1); ``put`` and
+        ``put_dense`` take the row's position, the ``layer`` column holds its index."""
         self.q_tile, self.k_tile, self.heads, self.group = q_tile, k_tile, heads, group
         self.valid = valid
         dense = chunk_counts(valid[None], valid, q_tile, k_tile)
@@ -67,14 +69,15 @@ class ChunkTable:
         shape = (layers * heads, per_head)
         self.rows = {key: np.empty(shape, CHUNK_DTYPE) for key in CHUNK_INDEX_KEYS + COUNT_KEYS}
         lh = np.arange(layers * heads, dtype=CHUNK_DTYPE)
-        self.rows["layer"][:] = (lh // heads)[:, None]
+        ids = np.arange(layers, dtype=CHUNK_DTYPE) if layer_ids is None else np.asarray(layer_ids, CHUNK_DTYPE)
+        self.rows["layer"][:] = ids[lh // heads][:, None]
         self.rows["head"][:] = (lh % heads)[:, None]
         self.rows["kv_head"][:] = (lh % heads // group)[:, None]
         self.rows["qtile"][:] = self.dense_group["qtile"][:per_head]
         self.rows["ktile"][:] = self.dense_group["ktile"][:per_head]
 
     def put(self, layer: int, h0: int, keep: np.ndarray) -> None:
-        """Count the chunks of heads [h0, h0 + H) of ``layer`` (whole groups) from their keep mask (H, Sq, Sk)."""
+        """Count the chunks of heads [h0, h0 + H) of row ``layer`` (whole groups) from their keep mask (H, Sq, Sk)."""
         start = layer * self.heads + h0
         counts = chunk_counts(keep, self.valid, self.q_tile, self.k_tile, self.group)
         n = keep.shape[0]
