@@ -3,7 +3,7 @@
 Every number is held out: the threshold rule takes its per-head references from another text of the same model
 (``pruning.calibration_trace``), and the margin rule's per-layer margins are calibrated (``soc calibrate``,
 target kept fraction 0.25) on that other text too, then applied unchanged. Each point is a Monte Carlo over chip
-instances (``soc.montecarlo``: chip seed and noise seed per instance) with the paper's default fixed pattern
+instances (``soc.faces.montecarlo``: chip seed and noise seed per instance) with the paper's default fixed pattern
 (per-column gain error and comparator offset); only the thermal noise is swept.
 
     python benchmarks/analog_accuracy.py run minilm-l6       # writes benchmarks/results/analog_minilm-l6.json
@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 import soc
-from soc.calibrate import calibrate_margins, with_rows
-from soc.montecarlo import monte_carlo
+from soc.faces.calibrate import calibrate_margins, with_rows
+from soc.faces.montecarlo import monte_carlo
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"

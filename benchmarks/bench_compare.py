@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import soc
-from soc.cli import main as soc_main
+from soc.faces.cli import main as soc_main
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = [str(ROOT / "configs" / f"mem-{n}.yaml") for n in ("kv-onchip", "lpddr4", "ddr4", "hbm2")]

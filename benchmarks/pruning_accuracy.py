@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import soc
-from soc.calibrate import calibrate_margins, with_rows
+from soc.faces.calibrate import calibrate_margins, with_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 #: model -> (evaluated trace, held-out calibration trace)

@@ -4,7 +4,7 @@ import sys
 def run() -> int:
     """The `soc` command: main(), with a Ctrl-C that lands while the CLI is still being imported handled too."""
     try:
-        from soc.cli import main
+        from soc.faces.cli import main
     except KeyboardInterrupt:
         print("soc: interrupted", file=sys.stderr)
         return 130

@@ -2,7 +2,7 @@
 
 The ``Result`` is assembled here and only here: the resolved config, the demand tables (the run's and the
 dense counterfactual's, each computed once), every block's own result, the functional metrics, end time,
-wall time, and the exception if one happened. ``soc/report.py`` turns it into report.json.
+wall time, and the exception if one happened. ``soc/faces/report.py`` turns it into report.json.
 
     import soc
     cfg = soc.load_config("configs/hybrid65nm.yaml", ["pruning.target_kept_fraction=0.3"])
@@ -61,7 +61,7 @@ class Result:
 
     @cached_property
     def report(self) -> dict[str, Any]:
-        from soc.report import build_report  # the face that turns a Result into report.json
+        from soc.faces.report import build_report  # the face that turns a Result into report.json
 
         return build_report(self)
 

@@ -14,7 +14,7 @@ import io
 import re
 from typing import Iterable
 
-from soc.cli import main
+from soc.faces.cli import main
 
 COUNTS: collections.Counter[str] = collections.Counter()
 FAILURES: list[str] = []

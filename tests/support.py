@@ -8,7 +8,7 @@ import time
 import tracemalloc
 from typing import Iterator
 
-from soc.cli import main
+from soc.faces.cli import main
 
 
 def cli_one_line(argv: list[str]) -> str:

@@ -1,5 +1,5 @@
 """The project's own bad-input campaign (issue 15): generated and explicit hostile inputs over configs, --set,
-traces, sweeps, outputs, resource abuse and every sub-command, run in-process through ``soc.cli.main``.
+traces, sweeps, outputs, resource abuse and every sub-command, run in-process through ``soc.faces.cli.main``.
 
 Every case must return (no hang), exit with the expected status and, when it refuses, print one line that
 names the culprit (see ``campaign.check``). The last test reports the totals; the faults that need a real

@@ -34,8 +34,10 @@ def _soc(*args: str, **kw) -> subprocess.Popen:
 @pytest.mark.parametrize("delay_s", [0.15, 0.3, 0.6])  # before ~0.05 s (more on a loaded machine) the interpreter itself starts
 def test_ctrl_c_during_start_up_exits_130_without_a_traceback(tmp_path, delay_s):
     campaign.COUNTS["faults"] += 1
-    proc = _soc("run", "--trace", str(TINY), "--out", str(tmp_path / "o"))
+    # the bundled MiniLM trace: a run of more than a second, so every delay lands while it still works
+    proc = _soc("run", "--out", str(tmp_path / "o"))
     time.sleep(delay_s)
+    assert proc.poll() is None, "the run ended before the signal: the test needs a longer run"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert "Traceback" not in err, err

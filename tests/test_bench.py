@@ -1,6 +1,6 @@
 """`soc bench`'s floors measure what they claim (the figures themselves are only meaningful on a quiet machine)."""
 
-from soc.bench import simpy_pipeline
+from soc.faces.bench import simpy_pipeline
 
 
 def test_raw_simpy_pipeline_costs_18_events_per_tile():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from soc.calibrate import calibrate_margins
-from soc.cli import main
+from soc.faces.calibrate import calibrate_margins
+from soc.faces.cli import main
 from soc.config import load_config
 from soc.simulate import simulate
 
@@ -68,7 +68,7 @@ def test_held_out_threshold_misses_the_target_on_the_evaluated_trace(paper_cfg):
 
 
 def test_calibrate_threshold_rule_writes_fixed_references_that_transfer(paper_cfg, tmp_path):
-    from soc.calibrate import calibrate_thresholds, evaluate_rows
+    from soc.faces.calibrate import calibrate_thresholds, evaluate_rows
     from soc.simulate import calibration_trace_path
     from soc.trace import load_trace
 

@@ -12,7 +12,7 @@ from soc.attention.exact import expand_kv, valid_mask
 from soc.attention.functional import run_functional
 from soc.attention.pruning import prune_mask
 from soc.attention.spec import CimQuantSpec, LayerRule, PruningSpec
-from soc.calibrate import _layer_stats
+from soc.faces.calibrate import _layer_stats
 from soc.model_accuracy import keep_fn_for
 
 QUANT = CimQuantSpec(noise_sigma_lsb=0.6)

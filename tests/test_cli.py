@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from soc.cli import main
+from soc.faces.cli import main
 from soc.errors import SimulationStalled
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,7 +113,7 @@ def test_version_and_every_option_has_help_with_its_default_or_is_required():
     import argparse
 
     import soc
-    from soc.cli import _load_extras, build_parser
+    from soc.faces.cli import _load_extras, build_parser
 
     assert run_cli("--version").stdout.strip() == f"soc {soc.__version__}"
     _load_extras()
@@ -159,7 +159,7 @@ def test_bundled_names_work_from_any_directory(tmp_path):
 
 
 def test_header_flags_synthetic_and_decode_traces(tmp_path):
-    from soc.report import _workload_text, fmt_bytes
+    from soc.faces.report import _workload_text, fmt_bytes
 
     out = tmp_path / "d.npz"
     assert main(["trace", "synth", "--workload", "smollm2-135m", "--mode", "decode", "--prompt", "64",

@@ -8,8 +8,8 @@ import csv
 import numpy as np
 import pytest
 
-from soc.cli import default_trace, main
-from soc.compare import rows, run_configs
+from soc.faces.cli import default_trace, main
+from soc.faces.compare import rows, run_configs
 from soc.config import load_config
 from soc.simulate import simulate
 from soc.trace import load_trace

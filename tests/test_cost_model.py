@@ -182,13 +182,13 @@ def test_ops_are_reported_per_kind_in_one_convention(paper_cfg, small_trace):
 # --- soc paper: calibration apart from validation ---------------------------------------------------------
 @pytest.fixture(scope="module")
 def paper():
-    from soc.paper import paper_table
+    from soc.faces.paper import paper_table
 
     return paper_table(), paper_table(overrides=("digital.mac_pj=0.5",))
 
 
 def test_paper_fits_only_the_analog_core_and_the_table_holds_the_fit(paper):
-    from soc.paper import FITTED, PUBLISHED, peak_figures
+    from soc.faces.paper import FITTED, PUBLISHED, peak_figures
 
     (cals, _), _ = paper
     typ = cals[0]

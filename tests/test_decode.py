@@ -118,7 +118,7 @@ def test_bad_decode_metadata_names_the_key(trace):
 
 
 def test_soc_run_says_it_is_a_decode(tmp_path, trace, capsys):
-    from soc.cli import main
+    from soc.faces.cli import main
 
     path = save_trace(tmp_path / "dec.npz", trace.q, trace.k, trace.v, trace.meta)
     assert decode_layout(load_trace(path)).steps == G
@@ -150,7 +150,7 @@ def test_a_synth_decode_trace_is_read_as_a_decode():
 
 
 def test_capture_refuses_decode_options_without_decode_mode(capsys):
-    from soc.cli import main
+    from soc.faces.cli import main
 
     code = main(["trace", "capture", "--model", "smollm2-135m", "--text", "README.md", "--generate", "4",
                  "--out", "/nonexistent/x.npz"])

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from soc.cli import main
+from soc.faces.cli import main
 from soc.config import load_config
 from soc.io import write_json
 from soc.simulate import simulate

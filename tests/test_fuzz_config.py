@@ -5,7 +5,7 @@ deep nesting, unknown and missing keys), YAML-token soup and raw (non-UTF-8) byt
 (billion laughs, recursive aliases) and ``--set`` overrides. For each: the outcome is a ``SocConfig`` (which
 must then elaborate into a ``System`` or raise a ``SocError``) or a ``ConfigError`` whose message is one short
 line naming the file or ``--set``; never another exception, and never more than ``MEMORY_BOUND_BYTES`` of
-Python allocations (tracemalloc peak). Every tenth refusal is also run through ``soc.cli.main``: exit 2 and one
+Python allocations (tracemalloc peak). Every tenth refusal is also run through ``soc.faces.cli.main``: exit 2 and one
 stderr line ``soc: error: ...``, no traceback. Derandomized, no example database: CI sees the same cases.
 """
 

@@ -8,7 +8,7 @@ headers that claim terabytes, missing members. For each: ``load_trace`` returns 
 its metadata and hold only finite values, or raises ``TraceError`` with a one-line message naming the file;
 ``trace_info`` likewise; never another exception and never more than ``MEMORY_BOUND_BYTES`` allocated
 (tracemalloc peak; every generated file is under 64 KiB whatever its headers claim). Every tenth refusal also
-goes through ``soc.cli.main(["run", "--trace", ...])``: exit 2 and exactly that message on one stderr line.
+goes through ``soc.faces.cli.main(["run", "--trace", ...])``: exit 2 and exactly that message on one stderr line.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from soc.cli import trace_budget
+from soc.faces.cli import trace_budget
 from soc.errors import TraceError
 from soc.trace import FORMAT, Trace, load_trace, save_trace, trace_info
 from support import cli_one_line as _cli_one_line

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from soc.cli import main
+from soc.faces.cli import main
 from soc.config import load_config
-from soc.montecarlo import band, monte_carlo
+from soc.faces.montecarlo import band, monte_carlo
 
 
 def test_band_is_the_percentiles_of_the_values():

@@ -14,7 +14,7 @@ from soc.timeline import TimelineFilter, TimelineSink, build_timeline
 
 pytest.importorskip("matplotlib")
 
-from soc.plots import default_window, kept_by_layer_head, write_plots  # noqa: E402
+from soc.faces.plots import default_window, kept_by_layer_head, write_plots  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -65,7 +65,7 @@ def test_default_gantt_window_shows_about_eight_digital_jobs(run):
 
 
 def test_missing_matplotlib_is_a_one_line_error(monkeypatch):
-    from soc.plots import require_matplotlib
+    from soc.faces.plots import require_matplotlib
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(SocError, match=r"pip install -e '\.\[plots\]'"):
@@ -73,7 +73,7 @@ def test_missing_matplotlib_is_a_one_line_error(monkeypatch):
 
 
 def test_cli_run_with_plots_writes_them(tmp_path, capsys):
-    from soc.cli import main
+    from soc.faces.cli import main
     from soc.trace import save_trace, synth_trace
 
     tiny = synth_trace("minilm-l6", seq_len=128, layers=1, seed=3)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from soc.docs import BEGIN, END, parameter_table
+from soc.faces.docs import BEGIN, END, parameter_table
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -16,7 +16,7 @@ README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 def test_parameter_table_is_current():
     table = README.split(BEGIN, 1)[1].split(END, 1)[0].strip()
-    assert table == parameter_table(), "run: python -m soc.docs --write"
+    assert table == parameter_table(), "run: python -m soc.faces.docs --write"
 
 
 def test_library_example_runs(monkeypatch):
@@ -46,13 +46,13 @@ def test_every_report_section_is_documented():
 
 
 def test_tour_output_is_what_soc_run_prints():
-    """Every line of the tour's sample output but the machine's wall time (regenerate: python -m soc.docs --write)."""
-    from soc.docs import TOUR_BEGIN, TOUR_END, WALL_LINE, tour_text
+    """Every line of the tour's sample output but the machine's wall time (regenerate: python -m soc.faces.docs --write)."""
+    from soc.faces.docs import TOUR_BEGIN, TOUR_END, WALL_LINE, tour_text
 
     written = README.split(TOUR_BEGIN, 1)[1].split(TOUR_END, 1)[0].strip().splitlines()
     fresh = tour_text().splitlines()
     keep = lambda lines: [line for line in lines if not line.startswith(WALL_LINE)]  # noqa: E731
-    assert keep(written) == keep(fresh), "run: python -m soc.docs --write"
+    assert keep(written) == keep(fresh), "run: python -m soc.faces.docs --write"
 
 
 def runnable_blocks(text: str) -> list[tuple[str, str, str]]:

@@ -11,7 +11,7 @@ import pytest
 
 from soc.config import load_config
 from soc.dataflow import lru_misses
-from soc.report import summary_text
+from soc.faces.report import summary_text
 from soc.simulate import simulate
 from soc.trace import load_trace, synth_trace
 from soc.trace.workload import load_workload

@@ -139,7 +139,7 @@ def test_a_timeline_shows_each_layer_after_the_layers_before(dir_trace, paper_cf
 
 
 def test_cli_run_with_two_workers_writes_the_serial_report(dir_trace, tmp_path):
-    from soc.cli import main
+    from soc.faces.cli import main
 
     assert main(["run", "--trace", dir_trace.path, "--out", str(tmp_path / "serial")]) == 0
     assert main(["run", "--trace", dir_trace.path, "--out", str(tmp_path / "two"), "--workers", "2"]) == 0
@@ -148,7 +148,7 @@ def test_cli_run_with_two_workers_writes_the_serial_report(dir_trace, tmp_path):
 
 
 def test_bad_sharding_requests_are_refused(dir_trace, paper_cfg, small_trace, tmp_path, capsys):
-    from soc.cli import main
+    from soc.faces.cli import main
 
     with pytest.raises(ConfigError, match="workers: expected an integer >= 1"):
         simulate(paper_cfg, dir_trace, workers=0)

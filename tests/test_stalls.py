@@ -26,7 +26,7 @@ from soc.hw.token_buffer import TokenBuffer
 from soc.simulate import shape_of, simulate
 from soc.system import System
 from soc.trace import load_trace
-from soc.cli import _hint, config_name
+from soc.faces.cli import _hint, config_name
 from support import cli_one_line as cli_error
 
 ROOT = Path(__file__).resolve().parent.parent

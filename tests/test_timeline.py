@@ -289,7 +289,7 @@ def test_bad_filter_flags_raise_one_line_errors(bad, call):
 
 
 def test_cli_writes_timeline_and_rejects_bad_extension_before_running(tmp_path, capsys):
-    from soc.cli import main
+    from soc.faces.cli import main
     from soc.trace import save_trace, synth_trace
 
     tiny = synth_trace("minilm-l6", seq_len=128, layers=1, seed=3)
@@ -323,7 +323,7 @@ def test_filter_flags_from_the_cli_namespace():
 def test_no_timeline_means_no_callback_anywhere(paper_cfg, small_trace):
     from argparse import Namespace
 
-    from soc.cli import _timeline
+    from soc.faces.cli import _timeline
     from soc.recorder import OFF
     from soc.simulate import shape_of
     from soc.system import System

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from soc.cli import add_parser, extra_command
+from soc.faces.args import add_parser, extra_command
 from soc.errors import ConfigError, SocError
 from soc.sweep.executors import EXECUTORS, Outcome, Task, run_point
 from soc.sweep.plot import pareto_mask, plot_pareto
@@ -27,7 +27,7 @@ __all__ = ["load_sweep", "parse_sweep", "run_sweep", "SweepSpec", "SweepSummary"
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from soc.cli import output_dir
+    from soc.faces.args import output_dir
 
     out = output_dir(args.out)
     if args.workers is not None and args.workers < 1:

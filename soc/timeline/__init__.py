@@ -61,7 +61,7 @@ def _check_ready(args: argparse.Namespace) -> None:
         from soc.timeline.perfetto import _pb
         _pb()
     if getattr(args, "plots", None):
-        from soc.plots import require_matplotlib
+        from soc.faces.plots import require_matplotlib
         require_matplotlib()
 
 
@@ -91,7 +91,7 @@ def attach(args: argparse.Namespace) -> tuple[Recorder, Callable]:
             print(f"  timeline       {path} ({events:,} events, {size / 1e6:.1f} MB, "
                   f"{tl.range_ns[0] / 1e3:,.1f}-{tl.range_ns[1] / 1e3:,.1f} us)")
         if getattr(args, "plots", None):
-            from soc.plots import write_plots
+            from soc.faces.plots import write_plots
             # plots have no file size to bound: draw them from the whole recorded run
             whole = tl if not tl.truncated else build_timeline(sink, result, replace(filt, max_events=None))
             written = write_plots(args.plots, result, whole)

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import simpy
 
-from soc.cli import extra_command
+from soc.faces.args import extra_command
 
 STAGES = 4  # loader, CIM, fetch, digital: what a tile visits
 # issue 14's targets (on a quiet 2-core machine; the ratios are what a noisy machine can check)
@@ -270,7 +270,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 @extra_command
 def _register(sub) -> None:
-    from soc.cli import CONFIG_HELP, _pos_int, add_parser
+    from soc.faces.args import CONFIG_HELP, _pos_int, add_parser
 
     p = add_parser(sub, "bench", help="speed benchmark, as ratios against SimPy and numpy floors",
                    description="Speed of the simulator on a synthetic workload, as ratios against floors "

@@ -6,34 +6,15 @@ import argparse
 import sys
 from pathlib import Path
 import contextlib
-from typing import Any, Callable, Iterator, NoReturn, Sequence
+from typing import Any, Iterator, Sequence
 
 from soc.errors import SocError
+from soc.faces.args import (_EXTRA_COMMANDS, CONFIG_HELP, SEED_HELP, Parser, _common, _nonneg_int,  # noqa: F401
+                            _path_text, _pos_int, _short, add_parser, default_trace, extra_command, output_dir,
+                            trace_path)
 
-DEFAULT_TRACE_GLOB = "minilm-l6-*.npz"
 TIMELINE_FILTERS = ("timeline_window", "timeline_layers", "timeline_heads", "timeline_blocks",
                     "timeline_max_events")
-
-
-def default_trace() -> Path:
-    """The bundled real trace that `soc run` replays when no --trace is given."""
-    from soc.config.loader import package_root
-
-    folder = package_root() / "traces"
-    found = sorted(folder.glob(DEFAULT_TRACE_GLOB)) or sorted(folder.glob("*.npz"))
-    if not found:
-        raise SocError(f"{folder}: no bundled trace found; pass --trace PATH")
-    return found[0]
-
-
-def trace_path(text: str | None) -> Path:
-    """--trace as given, else a bundled trace (a name like minilm-l6-lighthouse, or traces/NAME.npz from
-    any working directory)."""
-    from soc.config.loader import resolve_bundled
-
-    if text is None:
-        return default_trace()
-    return resolve_bundled(text, "traces", (".npz", ""))
 
 
 def refuse_existing(path: str | Path, force: bool, what: str) -> None:
@@ -43,27 +24,10 @@ def refuse_existing(path: str | Path, force: bool, what: str) -> None:
         raise SocError(f"{_short(p)}: {what} exists; pass --force to replace it")
 
 
-def _short(path: Path | str) -> str:
-    from soc.config.fields import PATH_CHARS, one_line
-
-    return one_line(path, PATH_CHARS)
-
-
 def note_replacing(path: Path) -> None:
     """Reports are cheap to redo, so they are replaced, but never silently."""
     if path.exists():
         print(f"soc: replacing {path}", file=sys.stderr)
-
-
-def output_dir(text: str, what: str = "--out") -> Path:
-    """An output directory: refuse a file (or a name that looks like one: --out x.json) before any work."""
-    out = Path(text)
-    if out.suffix.lower() in (".json", ".csv", ".md", ".png", ".npz", ".yaml", ".yml", ".txt"):
-        raise SocError(f"{what} {_short(out)}: expected a directory (the outputs are written inside it), "
-                       f"got a file name; pass e.g. {what} {_short(out.with_suffix(''))}")
-    if out.exists() and not out.is_dir():
-        raise SocError(f"{what} {_short(out)}: exists and is not a directory")
-    return out
 
 
 # --- run -----------------------------------------------------------------------------------------------------
@@ -71,7 +35,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from soc import progress
     from soc.config import load_config
     from soc.io import write_json
-    from soc.report import summary_text
+    from soc.faces.report import summary_text
 
     out = output_dir(args.out)
     _check_timeline_flags(args)
@@ -105,7 +69,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run_decode(args: argparse.Namespace, cfg, trace, out: Path) -> int:
     from soc.decode import decode_summary, run_decode
     from soc.io import write_json
-    from soc.report import summary_text
+    from soc.faces.report import summary_text
 
     if args.timeline or args.plots:
         raise SocError("--timeline/--plots: not supported for a decode trace (one simulation per step)")
@@ -209,7 +173,7 @@ def _timeline(args: argparse.Namespace):
 # --- trace ---------------------------------------------------------------------------------------------------
 def cmd_trace_synth(args: argparse.Namespace) -> int:
     from soc import progress
-    from soc.report import fmt_bytes
+    from soc.faces.report import fmt_bytes
     from soc.trace import save_trace, synth_trace
     from soc.trace.synth import write_synth_trace
     from soc.trace.workload import load_workload
@@ -300,58 +264,6 @@ def compact_json(data: Any, indent: int = 2) -> str:
 
 
 # --- parser --------------------------------------------------------------------------------------------------
-class Parser(argparse.ArgumentParser):
-    """argparse with a one-line error (`soc run: error: ... (soc run --help)`) instead of a usage wall."""
-
-    def error(self, message: str) -> NoReturn:  # type: ignore[override]
-        from soc.config.fields import one_line
-
-        self.exit(2, f"{self.prog}: error: {one_line(message, 300)} (see {self.prog} --help)\n")
-
-
-def _common(p: argparse.ArgumentParser, top: bool) -> None:
-    """--quiet and --blas-threads, accepted before or after the sub-command."""
-    default = {} if top else {"default": argparse.SUPPRESS}
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars on stderr (default: a bar "
-                   "for long steps when stderr is a terminal)", **default)
-    p.add_argument("--blas-threads", type=int, metavar="N", help="BLAS threads for numpy (default: 1; the "
-                   "simulator is single-threaded and one thread is fastest on a shared machine)", **default)
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0 or value >= 2**63:
-        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**63), got {text!r}")
-    return value
-
-
-def _pos_int(text: str) -> int:
-    value = _nonneg_int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
-
-
-def _path_text(text: str) -> str:
-    if not text.strip():
-        raise argparse.ArgumentTypeError("expected a path, got an empty string")
-    return text
-
-
-def add_parser(sub: argparse._SubParsersAction, name: str, **kwargs: Any) -> argparse.ArgumentParser:
-    """A sub-command parser with the common options; other modules register theirs through this too."""
-    p = sub.add_parser(name, **kwargs)
-    _common(p, top=False)
-    return p
-
-
-SEED_HELP = "seed of the analog noise, an integer >= 0 (default: the config's seed)"
-CONFIG_HELP = "SoC config: a YAML path or a bundled name (hybrid65nm, dense-digital, spatten-like, mem-*)"
-
-
 def build_parser() -> argparse.ArgumentParser:
     from soc import __version__
 
@@ -456,25 +368,11 @@ def _workload_names() -> str:
         return "see workloads/"
 
 
-_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
-
-
-def extra_command(fn: Callable[[argparse._SubParsersAction], None]) -> Callable:
-    """Other modules (compare, sweep, paper, bench) add their sub-commands through this."""
-    if fn not in _EXTRA_COMMANDS:
-        _EXTRA_COMMANDS.append(fn)
-    return fn
-
-
 def _load_extras() -> None:
-    import importlib
-
-    for mod in ("soc.compare", "soc.sweep", "soc.paper", "soc.bench", "soc.calibrate", "soc.montecarlo"):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as exc:
-            if exc.name != mod:
-                raise
+    """The sub-commands that live in their own face modules: importing one registers it (``extra_command``).
+    Imported here, not at the top, so that `soc --help` and a Ctrl-C at start-up stay cheap."""
+    from soc import sweep  # noqa: F401
+    from soc.faces import bench, calibrate, compare, montecarlo, paper  # noqa: F401
 
 
 @contextlib.contextmanager

@@ -29,7 +29,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from soc.cli import extra_command
+from soc.faces.args import extra_command
 
 PUBLISHED = {
     "analog_tops_per_w": 14.8,
@@ -199,7 +199,7 @@ def decoder_rows(trace_path: str = DECODER_TRACE) -> list[dict[str, Any]]:
     SpAtten-like and dense baselines on the same trace: what analog pruning saves, and what it costs."""
     import dataclasses
 
-    from soc.calibrate import calibrate_margins
+    from soc.faces.calibrate import calibrate_margins
     from soc.config import LayerPruning, load_config
     from soc.config.loader import package_root
     from soc.simulate import simulate
@@ -263,7 +263,7 @@ def cmd_paper(args: argparse.Namespace) -> int:
 
 @extra_command
 def _register(sub) -> None:
-    from soc.cli import CONFIG_HELP, add_parser
+    from soc.faces.args import CONFIG_HELP, add_parser
 
     p = add_parser(sub, "paper", help="the paper's figures: calibration of the analog core, then the SoC predicted",
                    description="The paper's published figures: the analog core's unknowns calibrated to its two "

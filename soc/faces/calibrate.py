@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 import yaml
 
-from soc.cli import extra_command
+from soc.faces.args import extra_command
 from soc.errors import ConfigError
 
 MARGIN_MAX = 64.0
@@ -202,7 +202,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _nonneg_int_arg(text: str) -> int:
-    from soc.cli import _nonneg_int
+    from soc.faces.args import _nonneg_int
     return _nonneg_int(text)
 
 
@@ -230,7 +230,7 @@ def _check_out(args: argparse.Namespace) -> None:
     """The output must not be the base config or a file it extends: it would extend itself."""
     if not args.out:
         return
-    from soc.cli import _short
+    from soc.faces.args import _short
     from soc.config.loader import config_chain
 
     out = Path(args.out)
@@ -246,7 +246,7 @@ def _check_out(args: argparse.Namespace) -> None:
 
 @extra_command
 def _register(sub) -> None:
-    from soc.cli import CONFIG_HELP, SEED_HELP, _path_text, add_parser
+    from soc.faces.args import CONFIG_HELP, SEED_HELP, _path_text, add_parser
 
     p = add_parser(sub, "calibrate", help="per-layer margins or per-head thresholds for a target",
                    description="Per-layer pruning margins (or per-head comparator references) that meet a target "

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from soc.cli import extra_command
+from soc.faces.args import extra_command
 from soc.errors import ConfigError
 
 #: report values collected per chip: (name, path into report.json)
@@ -86,7 +86,7 @@ def cmd_montecarlo(args: argparse.Namespace) -> int:
     from soc.trace import load_trace
 
     cfg = load_config(args.config, args.set or [])
-    from soc.cli import trace_path
+    from soc.faces.args import trace_path
 
     trace = load_trace(trace_path(args.trace), mmap=True)
     result = monte_carlo(cfg, trace, chips=args.chips, first_chip=args.first_chip,
@@ -100,7 +100,7 @@ def cmd_montecarlo(args: argparse.Namespace) -> int:
 
 @extra_command
 def _register(sub) -> None:
-    from soc.cli import CONFIG_HELP, _nonneg_int, _path_text, _pos_int, add_parser
+    from soc.faces.args import CONFIG_HELP, _nonneg_int, _path_text, _pos_int, add_parser
 
     p = add_parser(sub, "montecarlo", help="metrics over N chip instances (fixed pattern + noise): mean/p5/p95",
                    description="Replay one trace on N chip instances (chip_seed first..first+N-1, each with its "

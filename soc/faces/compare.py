@@ -20,7 +20,7 @@ from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
 
-from soc.cli import extra_command
+from soc.faces.args import extra_command
 
 #: Per-block energy columns, in this order when present.
 ENERGY_GROUPS = ("cim", "token_buffer", "digital", "sram", "interconnect", "dram", "other")
@@ -222,11 +222,11 @@ def write_outputs(table: list[dict[str, Any]], out: Path, trace_desc: str, *,
 
 # --- command line -------------------------------------------------------------------------------------------
 def cmd_compare(args: argparse.Namespace) -> int:
-    from soc.cli import default_trace
+    from soc.faces.args import default_trace
     from soc.config import load_config
     from soc.trace import load_trace
 
-    from soc.cli import output_dir, trace_path as bundled_trace
+    from soc.faces.args import output_dir, trace_path as bundled_trace
 
     output_dir(args.out)
     cfgs = [load_config(c, args.set or []) for c in args.configs]  # all configs checked before any run
@@ -252,7 +252,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 @extra_command
 def add_compare_command(sub: argparse._SubParsersAction) -> None:
-    from soc.cli import _nonneg_int, _path_text, add_parser
+    from soc.faces.args import _nonneg_int, _path_text, add_parser
 
     p = add_parser(sub, "compare", help="run several SoC configs on one trace; write compare.csv/.md/.png",
                    description="Run several SoC configs on one trace; write DIR/compare.csv, .md and .png.")
