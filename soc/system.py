@@ -97,6 +97,10 @@ class System:
                          for i in range(self.pairs)]
         self.buffers = [make("token_buffer", cfg.token_buffer.kind)(env, f"token_buffer{i}", cfg.token_buffer, rec)
                         for i in range(self.pairs)]
+        # without a CIM core nothing passes through the token buffer: the feed hands tiles to the fetch stage
+        # through the digital side's own job queue (same depth), and the buffer stays idle (0% utilization)
+        self.job_queues = [] if cfg.cim.enabled else [Fifo(env, max(1, cfg.token_buffer.depth_entries))
+                                                      for _ in range(self.pairs)]
         self.sram = make("sram", cfg.sram.kind)(env, "sram", cfg.sram, rec)
         self.dram = make("dram", cfg.dram.kind)(env, "dram", cfg.dram, rec)
         self.net = make("interconnect", cfg.interconnect.kind)(env, "interconnect", resolve_interconnect(cfg), rec)
@@ -199,19 +203,20 @@ class System:
 
     def _feed_stage(self, i: int, rows: Iterator[tuple]):
         """Without a CIM core every tile goes straight to the digital side."""
-        tb, me = self.buffers[i], f"feed{i}"
+        jobs, me = self.job_queues[i], f"feed{i}"
         for r in rows:
             if r[QLOAD]:
                 self.waiting[me] = "query tile load (dram -> sram)"
                 yield from self._move("dram", "sram", r[QLOAD], "q_load", (MemAccess(r[Q_ADDR], r[QLOAD]),), r)
-            self.waiting[me] = f"token_buffer{i} (full)"
-            yield from tb.put(r, 0)
+            self.waiting[me] = f"digital{i} job queue (full)"
+            yield from jobs.put(r)
         self.waiting.pop(me, None)
 
     def _fetch_stage(self, i: int, n: int, ready: Fifo):
-        tb, me = self.buffers[i], f"fetch{i}"
+        tb, me = (self.buffers[i] if self.cims else self.job_queues[i]), f"fetch{i}"
+        wait = f"token_buffer{i} (empty)" if self.cims else f"digital{i} job queue (empty)"
         for _ in range(n):
-            self.waiting[me] = f"token_buffer{i} (empty)"
+            self.waiting[me] = wait
             r = yield from tb.get()
             if r[LOOKUP_NS]:
                 # row/cache: which kept rows are already on chip (survivor buffer or cache tags)

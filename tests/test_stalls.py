@@ -166,7 +166,7 @@ def test_a_stall_without_the_cim_core(trace, monkeypatch):
     monkeypatch.setattr(System, "_feed_stage", _drop_last(System._feed_stage))
     with pytest.raises(SimulationStalled) as info:
         simulate(load_config(DENSE), trace)
-    assert _blocked(str(info.value)) == {"fetch0": "token_buffer0 (empty)", "digital0": "K/V buffer (empty)"}
+    assert _blocked(str(info.value)) == {"fetch0": "digital0 job queue (empty)", "digital0": "K/V buffer (empty)"}
 
 
 def test_a_token_buffer_that_loses_entries(trace, monkeypatch):

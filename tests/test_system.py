@@ -137,3 +137,12 @@ def test_event_loop_progress_is_shown_and_changes_nothing(paper_cfg, small_trace
     assert "event loop" in tty.getvalue() and f"/{tiles}" in tty.getvalue()
     plain = {k: v for k, v in hybrid_run.report.items() if k != "sim"}
     assert {k: v for k, v in shown.items() if k != "sim"} == plain
+
+
+def test_without_the_cim_core_no_tile_passes_the_token_buffer(small_trace):
+    """The dense SoC hands tiles to the digital side through its own job queue: the token buffer (still on the
+    die, still leaking) holds nothing, so its utilization and its dynamic energy are zero."""
+    r = simulate(load_config("configs/dense-digital.yaml"), small_trace).report
+    assert r["utilization"]["token_buffer"] == 0.0
+    assert sum(v for k, v in r["energy"]["detail"]["token_buffer"].items() if k != "static") == 0.0
+    assert r["energy"]["static_by_block"]["token_buffer"] > 0.0
