@@ -189,6 +189,7 @@ class LayerTask:
     shape: Shape
     trace_path: str
     layer: int
+    blas_threads: int = 1  # the driver's BLAS threads: the worker computes as the serial run would
 
 
 @functools.lru_cache(maxsize=2)
@@ -198,11 +199,12 @@ def _open(path: str):
 
 
 def run_layer(task: LayerTask) -> tuple[int, FunctionalResult, SimStats]:
-    """A worker's job: the functional pass and the timing run of one layer, at one BLAS thread."""
+    """A worker's job: the functional pass and the timing run of one layer, at the driver's BLAS threads (a
+    matrix product's last bits depend on the thread count; the serial run's must be reproduced)."""
     from threadpoolctl import threadpool_limits
 
     cfg, shape = task.cfg, task.shape
-    with threadpool_limits(limits=1):
+    with threadpool_limits(limits=task.blas_threads, user_api="blas"):
         trace = _open(task.trace_path)
         m = trace.meta
         calibration = None
@@ -252,6 +254,13 @@ def _dask(scheduler: str) -> Callable[[list[LayerTask]], Iterator]:
     return run
 
 
+def _blas_threads() -> int:
+    """The BLAS threads this process computes with now (1 when no BLAS library reports)."""
+    from threadpoolctl import threadpool_info
+
+    return min((int(i["num_threads"]) for i in threadpool_info() if i.get("user_api") == "blas"), default=1)
+
+
 def run_sharded(cfg: SocConfig, trace, shape: Shape, spec: PruningSpec, *, workers: int | None = None,
                 scheduler: str | None = None) -> tuple[FunctionalResult, SimStats]:
     """The functional pass and the timing of every layer on ``workers`` local processes or the Dask cluster at
@@ -261,7 +270,7 @@ def run_sharded(cfg: SocConfig, trace, shape: Shape, spec: PruningSpec, *, worke
         raise ConfigError("workers: a sharded run opens the trace by path in every worker; load it from a file")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ConfigError(f"workers: expected an integer >= 1, got {workers!r}")
-    tasks = [LayerTask(cfg, spec, shape, str(path), layer) for layer in range(shape.layers)]
+    tasks = [LayerTask(cfg, spec, shape, str(path), layer, _blas_threads()) for layer in range(shape.layers)]
     run = _dask(scheduler) if scheduler is not None else _local(workers or 1)
     done: dict[int, tuple[FunctionalResult, SimStats]] = {}
     with progress.task("layers", total=len(tasks), unit="layer") as bar:
