@@ -157,8 +157,11 @@ def approx_scores(q: np.ndarray, k: np.ndarray, quant: CimQuantSpec, scale: floa
         if head_rngs is not None:
             if len(head_rngs) != heads:
                 raise ValueError(f"head_rngs: expected {heads} generators, got {len(head_rngs)}")
+            noise = np.empty(dots.shape[1:], dtype=np.float32)  # one buffer for every head: no temporaries
             for h, gen in enumerate(head_rngs):
-                dots[h] += np.float32(sigma) * gen.standard_normal(dots.shape[1:], dtype=np.float32)
+                gen.standard_normal(dtype=np.float32, out=noise)  # the same draw as standard_normal(shape)
+                noise *= np.float32(sigma)
+                dots[h] += noise
         elif rng is not None:
             dots += np.float32(sigma) * rng.standard_normal(dots.shape, dtype=np.float32)
         else:
