@@ -34,24 +34,9 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 
 from soc.attention.functional import run_functional  # noqa: E402
 from soc.config import load_config  # noqa: E402
+from soc.faces.bench import dense_attention_s  # noqa: E402  (the floor soc bench measures)
 from soc.simulate import pruning_spec  # noqa: E402
 from soc.trace import synth_trace  # noqa: E402
-
-
-def dense_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool) -> None:
-    """The floor: plain numpy dense attention over every layer (the same arithmetic as ``soc bench``'s)."""
-    heads, kv_heads = q.shape[1], k.shape[1]
-    for layer in range(q.shape[0]):
-        ql = np.asarray(q[layer], dtype=np.float32)
-        kl = np.repeat(np.asarray(k[layer], dtype=np.float32), heads // kv_heads, axis=0)
-        vl = np.repeat(np.asarray(v[layer], dtype=np.float32), heads // kv_heads, axis=0)
-        s = ql @ kl.transpose(0, 2, 1) / np.float32(np.sqrt(ql.shape[-1]))
-        if causal:
-            s[:, np.triu(np.ones(s.shape[1:], dtype=bool), 1)] = -np.inf
-        s -= s.max(axis=-1, keepdims=True)
-        np.exp(s, out=s)
-        s /= s.sum(axis=-1, keepdims=True)
-        _ = s @ vl
 
 
 def _noise_draw(layers: int, heads: int, seq_q: int, seq_k: int) -> None:
@@ -85,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                            k_tile=k_tile, seed=cfg.seed)
 
     variants = {
-        "numpy_dense_attention": lambda: dense_attention(trace.q, trace.k, trace.v, m.causal),
+        "numpy_dense_attention": lambda: dense_attention_s(trace.q, trace.k, trace.v, m.causal),
         "functional": functional(spec),
         "functional_no_noise": functional(quiet),
         "noise_draw_only": lambda: _noise_draw(m.layers, m.heads, trace.seq_q, m.seq_len),

@@ -111,12 +111,12 @@ def simulate_window(cfg: SocConfig, sub: Trace, *, seed: int, appended: int, den
     system = System(cfg, shape)
     func = run_functional(sub.q, sub.k, sub.v, scale=m.scale, causal=True, query_offset=m.query_offset,
                           pruning=pruning_spec(cfg), q_tile=cfg.dataflow.q_tile_rows, k_tile=system.key_tile,
-                          seed=seed)
+                          seed=seed, survivors=system.placement.needs_survivors)
+    stats = system.run(func.chunks, append_transfers(cfg, shape, appended), survivors=func.survivors)
     reload_ns = array_ns = 0.0
-    if system.cims:
-        table = system.timing_table(func.chunks)
+    if system.cims:  # the arrays' rewrite and busy time, from the run's own demand table
+        table = stats.demand
         reload_ns, array_ns = float(table["write_ns"].sum()), float((table["write_ns"] + table["score_ns"]).sum())
-    stats = system.run(func.chunks, append_transfers(cfg, shape, appended))
     hybrid = assemble(cfg, sub, func, stats, wall0=wall0).report
     dcfg = dense_config(cfg)
     out: dict[str, Any] = {"hybrid": hybrid, "dense": None, "reload_ns": reload_ns, "array_ns": array_ns,

@@ -65,9 +65,10 @@ class _Shifted(Recorder):
 
 def _layer_stats(cfg: SocConfig, shape: Shape, chunks: dict[str, np.ndarray], recorder: Recorder = OFF,
                  appends: tuple = (), bar: progress.Task | None = None,
-                 survivors: dict[str, np.ndarray] | None = None) -> SimStats:
-    """One layer's timing run on a fresh System (``chunks``: that layer's rows; ``survivors``: that layer's)."""
-    return System(cfg, shape, recorder).run(chunks, appends, survivors=survivors, bar=bar).portable()
+                 survivors: dict[str, np.ndarray] | None = None, keep_demand: bool = False) -> SimStats:
+    """One layer's timing run on a fresh System (``chunks``: that layer's rows; ``survivors``: that layer's).
+    ``keep_demand``: the serial run keeps the layer's demand table for the merge; a worker does not send it."""
+    return System(cfg, shape, recorder).run(chunks, appends, survivors=survivors, bar=bar).portable(keep_demand)
 
 
 def run_layers(cfg: SocConfig, shape: Shape, chunks: dict[str, np.ndarray], recorder: Recorder = OFF,
@@ -83,7 +84,7 @@ def run_layers(cfg: SocConfig, shape: Shape, chunks: dict[str, np.ndarray], reco
             rec = recorder if recorder.sink is None or offset == 0.0 else _Shifted(recorder, offset)
             mine = None if survivors is None else {k: v[i:i + 1] for k, v in survivors.items()}
             part = _layer_stats(cfg, shape, {k: v[rows] for k, v in chunks.items()}, rec,
-                                appends if i == 0 else (), bar, mine)
+                                appends if i == 0 else (), bar, mine, keep_demand=True)
             parts.append(part)
             offset += part.latency_ns
             bar.advance(rows.stop - rows.start)
@@ -147,9 +148,15 @@ def merge_stats(cfg: SocConfig, shape: Shape, parts: list[SimStats], chunks: dic
     probe.net.link_bytes = {hop: link_bytes[f"{hop[0]}->{hop[1]}"] for hop in probe.net.link_bytes}
     for buf in probe.buffers:
         buf.peak = max(p.results[buf.name].get("peak_entries", 0) for p in parts)
-    demand = probe.timing_table(chunks, survivors)
+    if all(p.demand for p in parts):  # the layers' own tables, in layer order: the whole run's table
+        demand = {k: np.concatenate([p.demand[k] for p in parts]) for k in first.demand}
+        for p in parts:
+            p.demand = {}
+    else:  # a sharded run's workers send no table: the driver computes it once
+        demand = probe.timing_table(chunks, survivors)
     return SimStats(
         latency_ns=latency, events=sum(p.events for p in parts), wall_s=sum(p.wall_s for p in parts),
+        cpu_s=sum(p.cpu_s for p in parts),
         placement=first.placement, key_tile=first.key_tile, blocks=blocks, utilization=util, busy_ns=busy,
         counts=counts, link_bytes=link_bytes, token_buffer_peak=max(p.token_buffer_peak for p in parts),
         kv_rows_fetched=float(demand["kv_fetch_rows"].sum()), kv_lookups=sum(p.kv_lookups for p in parts),
@@ -209,7 +216,9 @@ def run_layer(task: LayerTask) -> tuple[int, FunctionalResult, SimStats]:
         m = trace.meta
         calibration = None
         if cfg.pruning.calibration_trace:
-            cal = _open(str(cfg.pruning.calibration_trace))
+            from soc.config.loader import calibration_trace_path
+
+            cal = _open(str(calibration_trace_path(cfg.pruning.calibration_trace)))
             calibration = (cal.q, cal.k)
         system = System(cfg, shape)
         func = run_functional(trace.q, trace.k, trace.v, scale=m.scale, causal=m.causal, query_offset=m.query_offset,

@@ -23,6 +23,7 @@ import numpy as np
 
 from soc.attention.functional import FunctionalResult, run_functional
 from soc.attention.spec import CimQuantSpec, LayerRule, PruningSpec
+from soc.config.loader import calibration_trace_path
 from soc.config.schema import LayerPruning, PruningConfig, SocConfig
 from soc.dataflow import Shape, dense_best_traffic, dense_traffic
 from soc.errors import ConfigError, TraceError
@@ -50,6 +51,7 @@ class Result:
     model_accuracy: dict[str, Any] | None
     wall_s: float
     error: BaseException | None = None
+    baselines_cpu_s: float = 0.0  # CPU time of the two dense baselines (computed once per run, here)
 
     @property
     def demand(self) -> dict[str, np.ndarray]:
@@ -96,18 +98,6 @@ def pruning_spec(cfg: SocConfig) -> PruningSpec:
     default = _layer_rule(cfg.pruning, None)
     per_layer = tuple((layer, _layer_rule(over, default)) for layer, over in sorted(cfg.pruning.per_layer.items()))
     return PruningSpec(default=default, per_layer=per_layer, quant=quant)
-
-
-def calibration_trace_path(name_or_path: str):
-    """A path as given, or a bare name (``smollm2-135m-river``) looked up in the bundled traces/ folder."""
-    from pathlib import Path
-
-    from soc.config.loader import package_root
-
-    path = Path(name_or_path)
-    if path.exists() or path.suffix == ".npz" or "/" in str(name_or_path):
-        return path
-    return package_root() / "traces" / f"{name_or_path}.npz"
 
 
 def dense_config(cfg: SocConfig) -> SocConfig:
@@ -206,10 +196,11 @@ def assemble(cfg: SocConfig, trace, func: FunctionalResult, stats: SimStats | No
     """The one place a ``Result`` is made: the run's pieces plus the dense counterfactual's demand table."""
     shape = shape_of(trace)
     dense = best = None
+    cpu0 = time.process_time()
     if stats is not None:
         dense_cfg = dense_config(cfg)
         dense = dense_traffic(func, dense_cfg, shape, stats.placement)
         best = dense_best_traffic(func, dense_cfg, shape)
     return Result(config=cfg, shape=shape, trace_meta=trace.meta, trace_path=getattr(trace, "path", None),
                   functional=func, stats=stats, dense_traffic=dense, dense_best_traffic=best, model_accuracy=task,
-                  wall_s=time.perf_counter() - wall0, error=error)
+                  wall_s=time.perf_counter() - wall0, error=error, baselines_cpu_s=time.process_time() - cpu0)

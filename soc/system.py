@@ -67,10 +67,12 @@ class SimStats:
     kv_lookups: float = 0.0  # row/cache: survivor-buffer or cache-tag lookups (for their hit rate)
     memory: dict[str, dict[str, Any]] = field(default_factory=dict)  # blocks' extra statistics (DRAM row buffers)
     layers: int = 1  # timing runs merged into this one (one per layer: soc/shard.py)
+    cpu_s: float = 0.0  # CPU time of the timing runs (timing table + event loop) of this process
 
-    def portable(self) -> "SimStats":
-        """The same statistics without the live blocks and the demand table: small, picklable, for a merge."""
-        return dataclasses.replace(self, blocks={}, demand={})
+    def portable(self, keep_demand: bool = False) -> "SimStats":
+        """The same statistics without the live blocks (and, unless ``keep_demand``, the demand table): small,
+        picklable, for a merge."""
+        return dataclasses.replace(self, blocks={}, demand=self.demand if keep_demand else {})
 
 
 class System:
@@ -285,7 +287,7 @@ class System:
         """Walk the tiles of ``chunks``; ``appends`` are (src, dst, bytes, label) transfers run alongside;
         ``survivors``: FunctionalResult.survivors of the chunks' layers (needed by the row and cache dataflows).
         ``bar``: a progress task the caller advances (else the run opens its own, in tiles)."""
-        wall0 = time.perf_counter()
+        wall0, cpu0 = time.perf_counter(), time.process_time()
         table = self.timing_table(chunks, survivors)
         self._demand = table
         self._kv_rows_fetched = float(table["kv_fetch_rows"].sum())
@@ -317,7 +319,9 @@ class System:
         if any(p.is_alive for p in procs):
             blocked = "; ".join(f"{k} waits for {v}" for k, v in sorted(self.waiting.items()))
             raise SimulationStalled(f"simulation stalled at t={self.env.now:.1f} ns with work left: {blocked}")
-        return self._collect(time.perf_counter() - wall0)
+        stats = self._collect(time.perf_counter() - wall0)
+        stats.cpu_s = time.process_time() - cpu0
+        return stats
 
     def _collect(self, wall_s: float) -> SimStats:
         end = self.env.now

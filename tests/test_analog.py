@@ -121,6 +121,12 @@ def test_gain_error_scales_the_dot_product_per_column(rng):
     gain, _ = chip_pattern(quant, 32)
     col = np.arange(200) % key_slots(quant, 32)
     np.testing.assert_allclose(real, ideal * (1 + gain[col]), rtol=1e-5, atol=1e-5)
+    # its size, measured from the scores alone: the per-column ratio real/ideal - 1 has the set sigma
+    big = np.abs(ideal) > 1e-2
+    ratio = (real[big] / ideal[big] - 1.0)
+    per_col = np.array([np.median(ratio[np.broadcast_to(col == c, real.shape)[big]])
+                        for c in np.unique(col) if np.any(np.broadcast_to(col == c, real.shape)[big])])
+    assert per_col.std() == pytest.approx(0.05, rel=0.3)
 
 
 def test_bad_analog_fields_name_the_field():

@@ -43,6 +43,12 @@ def test_cli_writes_the_bands(tmp_path, small_trace):
     assert main(["montecarlo", "--trace", str(path), "--chips", "2", "--no-model", "--out", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["chips"] == 2 and len(data["per_chip"]) == 2 and "kept_fraction" in data["bands"]
+    assert [r["chip_seed"] for r in data["per_chip"]] == [0, 1]
+    kept = [r["kept_fraction"] for r in data["per_chip"]]
+    band = data["bands"]["kept_fraction"]
+    assert (band["min"], band["max"]) == (min(kept), max(kept))
+    assert band["mean"] == pytest.approx(sum(kept) / 2)
+    assert min(kept) <= band["p5"] <= band["p95"] <= max(kept)
     with pytest.raises(SystemExit) as refused:  # argparse refuses it: one line, exit 2
         main(["montecarlo", "--trace", str(path), "--chips", "0", "--no-model"])
     assert refused.value.code == 2

@@ -10,12 +10,13 @@ class _Tty(io.StringIO):
         return True
 
 
-def test_tasks_are_silent_without_a_face():
+def test_tasks_are_silent_without_a_face(capsys):
     assert not progress.active()
     with progress.task("work", total=3) as bar:
         bar.advance()
         bar.note("half")
     assert not progress.active()
+    assert capsys.readouterr() == ("", "")  # nothing printed on stdout or stderr
 
 
 def test_shown_draws_bars_on_a_terminal_and_not_on_a_pipe():

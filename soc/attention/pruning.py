@@ -246,14 +246,3 @@ def _with_forced(keep: np.ndarray, valid: np.ndarray, rule: LayerRule, query_off
     if forced is not None:
         keep |= forced
     return keep
-
-
-def topk_count(n_valid: int, rule: LayerRule) -> int:
-    """Keys a topk rule keeps in a row with ``n_valid`` valid keys (the sorter's output length)."""
-    if n_valid <= 0:
-        return 0
-    if rule.topk_keys is not None:
-        k = rule.topk_keys
-    else:
-        k = math.ceil(n_valid * rule.target_kept_fraction - 1e-9)
-    return min(max(int(k), 1), n_valid)

@@ -102,6 +102,14 @@ def package_root() -> Path:
     return Path(__file__).resolve().parent.parent.parent
 
 
+def calibration_trace_path(name_or_path: str) -> Path:
+    """A path as given, or a bare name (``smollm2-135m-river``) looked up in the bundled traces/ folder."""
+    path = Path(name_or_path)
+    if path.exists() or path.suffix == ".npz" or "/" in str(name_or_path):
+        return path
+    return package_root() / "traces" / f"{name_or_path}.npz"
+
+
 def resolve_bundled(text: str | Path, folder: str, suffixes: tuple[str, ...]) -> Path:
     """A path as given if it exists; else the same relative path under the package root (configs/x.yaml from
     any working directory); else a bare name in the bundled ``folder`` with one of ``suffixes``. Returns the

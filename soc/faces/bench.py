@@ -89,46 +89,17 @@ def dense_attention_s(q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool)
 
 def _simulate(cfg: Any, trace: Any) -> dict[str, float]:
     """One whole simulation; times are CPU seconds of this process (a loaded machine inflates wall time far
-    more than CPU time), the wall time beside them. ``baselines_s`` is the dense and dense-best counterfactual
-    (computed once per run from one KV group's table: a fixed cost, not a per-tile one); ``functional_s`` is
-    what remains besides the event loops and the baselines."""
-    import importlib
-
-    from soc.system import System
-
-    sim_mod = importlib.import_module("soc.simulate")  # the module (``soc.simulate`` is also the function)
-
-    loop_cpu: list[float] = []
-    base_cpu: list[float] = []
-    run, dense, best = System.run, sim_mod.dense_traffic, sim_mod.dense_best_traffic
-
-    def timed(fn, into):
-        def wrapped(*args, **kwargs):
-            t = time.process_time()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                into.append(time.process_time() - t)
-        return wrapped
-
-    System.run = timed(run, loop_cpu)  # type: ignore[method-assign]  # one System.run per layer
-    sim_mod.dense_traffic, sim_mod.dense_best_traffic = timed(dense, base_cpu), timed(best, base_cpu)
-    try:
-        w0, c0 = time.perf_counter(), time.process_time()
-        sim = simulate_report(cfg, trace)
-        total, wall = time.process_time() - c0, time.perf_counter() - w0
-    finally:
-        System.run = run  # type: ignore[method-assign]
-        sim_mod.dense_traffic, sim_mod.dense_best_traffic = dense, best
-    loop, base = sum(loop_cpu), sum(base_cpu)
-    return {"total_s": total, "event_loop_s": loop, "baselines_s": base, "functional_s": total - loop - base,
-            "wall_s": wall, "events": sim["events"], "tiles": sim["chunks"]}
-
-
-def simulate_report(cfg: Any, trace: Any) -> dict[str, Any]:
+    more than CPU time), the wall time beside them. ``event_loop_s`` is the timing runs' own CPU time (one per
+    layer), ``baselines_s`` the dense and dense-best counterfactual (computed once per run from one KV group's
+    table: a fixed cost, not a per-tile one); ``functional_s`` is what remains."""
     from soc.simulate import simulate
 
-    return simulate(cfg, trace, model_accuracy=False).report["sim"]
+    w0, c0 = time.perf_counter(), time.process_time()
+    res = simulate(cfg, trace, model_accuracy=False)
+    total, wall = time.process_time() - c0, time.perf_counter() - w0
+    loop, base = res.stats.cpu_s, res.baselines_cpu_s
+    return {"total_s": total, "event_loop_s": loop, "baselines_s": base, "functional_s": total - loop - base,
+            "wall_s": wall, "events": res.stats.events, "tiles": int(len(res.functional.chunks["layer"]))}
 
 
 def _synth(workload: str, seq_len: int, layers: int | None, heads: int | None = None) -> Any:

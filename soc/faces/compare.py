@@ -54,13 +54,8 @@ def run_configs(cfgs: Sequence[Any], trace, *, seed: int | None = None, progress
 
 
 def memory_stats(res) -> dict[str, Any]:
-    """The DRAM block's extra statistics (row buffers): from the report when the system merged them there,
-    else straight from the block."""
-    mem = res.report.get("memory", {}).get("dram")
-    if mem is None:
-        block = res.stats.blocks.get("dram")
-        mem = block.extra_report() if hasattr(block, "extra_report") else {}
-    return mem
+    """The DRAM block's extra statistics (row buffers), as the run collected them into the report."""
+    return res.report["memory"].get("dram", {})
 
 
 def _label(cfg, path: str | None, taken: set[str]) -> str:

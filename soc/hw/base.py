@@ -124,6 +124,12 @@ class Scorer(Block):
     ``base_cycles_per_query``, the one hook a new scorer must give; ``record_chunk`` after each chunk.
     """
 
+    def scoring_energy_pj(self, counts: Mapping[str, Any]) -> dict[str, Any]:
+        """The scorers' event law: MACs, comparator decisions and array-write bits at the block's own prices."""
+        return {"mac": counts.get("macs", 0.0) * self.cost_value("mac_pj"),
+                "compare": counts.get("compares", 0.0) * self.cost_value("compare_pj"),
+                "array_write": counts.get("write_bits", 0.0) * self.cost_value("write_pj_per_bit")}
+
     def __init__(self, env, name, cfg, recorder) -> None:
         super().__init__(env, name, cfg, recorder)
         self.array: Port = self.port()
@@ -197,6 +203,11 @@ class Buffer(Block):
 class Memory(Block):
     """On-chip SRAM or off-chip DRAM (sections ``sram``, ``dram``): ``access(nbytes, write, where)`` counts the
     access and returns the (port, duration) jobs it occupies."""
+
+    def bytes_energy_pj(self, counts: Mapping[str, Any]) -> dict[str, Any]:
+        """Energy of bytes read and written at the block's own per-byte prices."""
+        return {"read": counts.get("read_bytes", 0.0) * self.cost_value("read_pj_per_byte"),
+                "write": counts.get("write_bytes", 0.0) * self.cost_value("write_pj_per_byte")}
 
     def access(self, nbytes: float, write: bool, where: tuple[MemAccess, ...] | None = None) -> list:
         raise NotImplementedError

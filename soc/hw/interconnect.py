@@ -47,7 +47,6 @@ class Interconnect(Network):
                     self.link_ports[(u, v)] = media[medium]
                 self.link_bytes[(u, v)] = 0.0
         self.routes: dict[tuple[str, str], list[tuple[str, str]]] = {}
-        self.route_latency_ns: dict[tuple[str, str], float] = {}
         self._resolved: dict[tuple[str, str], tuple[float, tuple[tuple[Port, float], ...], tuple]] = {}
 
     def check_nodes(self, blocks: set[str]) -> None:
@@ -69,7 +68,6 @@ class Interconnect(Network):
         hops = list(zip(path[:-1], path[1:]))
         self.routes[(src, dst)] = hops
         lat = sum(self.graph.edges[h]["cfg"].latency_ns for h in hops)
-        self.route_latency_ns[(src, dst)] = lat
         # resolved once: each port of the route with its slowest hop's bandwidth (a route over one shared
         # medium twice holds it once), so a transfer reads a tuple, not the graph's edge dicts
         slowest: dict[Port, float] = {}

@@ -75,8 +75,7 @@ class BankedSram(Memory):
         }
 
     def energy_pj(self, counts: Mapping[str, Any]) -> dict[str, Any]:
-        return {"read": counts.get("read_bytes", 0.0) * self.cost_value("read_pj_per_byte"),
-                "write": counts.get("write_bytes", 0.0) * self.cost_value("write_pj_per_byte")}
+        return self.bytes_energy_pj(counts)
 
 
 @register("dram", "simple")
@@ -101,5 +100,4 @@ class SimpleDram(Memory):
                 "area_mm2": cost(cfg.area_mm2, 0.0, "", "mm2"), "static_mw": cost(cfg.static_mw, 0.0, "", "mW")}
 
     def energy_pj(self, counts: Mapping[str, Any]) -> dict[str, Any]:
-        return {"read": counts.get("read_bytes", 0.0) * self.cost_value("read_pj_per_byte"),
-                "write": counts.get("write_bytes", 0.0) * self.cost_value("write_pj_per_byte")}
+        return self.bytes_energy_pj(counts)

@@ -47,6 +47,4 @@ class DigitalPredictor(Scorer):
         }
 
     def energy_pj(self, counts: Mapping[str, Any]) -> dict[str, Any]:
-        return {"mac": counts.get("macs", 0.0) * self.cost_value("mac_pj"),
-                "compare": counts.get("compares", 0.0) * self.cost_value("compare_pj"),
-                "array_write": counts.get("write_bits", 0.0) * self.cost_value("write_pj_per_bit")}
+        return self.scoring_energy_pj(counts)
