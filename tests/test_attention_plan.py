@@ -42,6 +42,10 @@ def brute_counts(keep, valid, q_tile, k_tile, group=1):
     (16, 32, 4, 8, 16),    # tiles fit exactly (the reshape is a view), decode-style offset
     (5, 5, 8, 8, 0),       # one partial tile larger than the matrix
     (7, 9, 1, 1, 2),       # single-element chunks
+    (40, 70, 3, 16, 5),    # chunk rows of 16, 32 and 64 keys test one machine word each (partial last tiles)
+    (33, 130, 5, 32, 0),
+    (20, 200, 7, 64, 3),
+    (9, 50, 2, 12, 1),     # a chunk row that is no machine word: the plain reduction
 ])
 def test_chunk_counts_match_brute_force(seq_q, seq_k, q_tile, k_tile, offset):
     rng = np.random.default_rng(seq_q * 100 + seq_k)

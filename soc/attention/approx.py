@@ -12,7 +12,7 @@ significant bits. How the dropped LSBs are represented is ``quant.rounding``:
 The charge-domain array computes the dot product of those values in units of one LSB. A chip instance has a
 fixed pattern drawn once from ``quant.chip_seed``: per comparator column (one stored key slot, key index mod
 the keys the array holds) a gain error from capacitor mismatch and an offset of the column's comparator. Each
-evaluation adds thermal noise (2**16 equiprobable normal levels, :func:`gaussian_noise`); its sigma combines
+evaluation adds thermal noise (2**16 equiprobable normal levels, :func:`noise_codes`); its sigma combines
 ``noise_sigma_lsb`` and ``noise_fraction_fs`` x full scale in quadrature. Full scale is the largest |dot
 product| the array can produce: ``head_dim * 2**(query_bits-1) * 2**(key_bits-1)`` LSB. Multiplying by the units of Q and K and by the
 softmax scale expresses the result in softmax-logit units, so thresholds and margins compare directly with
@@ -35,7 +35,7 @@ from soc.attention.exact import kv_for_heads
 from soc.attention.spec import ROUNDINGS, CimQuantSpec
 from soc.rules import pair_of_kv_head
 
-#: Equiprobable levels of the thermal-noise draw (16-bit uniforms, see :func:`gaussian_noise`).
+#: Equiprobable levels of the thermal-noise draw (16-bit uniforms, see :func:`noise_codes`).
 NOISE_LEVELS = 1 << 16
 #: Stream tag of the chip instance's fixed-pattern draw (distinct from the evaluation noise streams).
 CHIP_STREAM = 7
@@ -134,17 +134,11 @@ def _noise_levels() -> np.ndarray:
     return out
 
 
-def gaussian_noise(gen: np.random.Generator, out: np.ndarray, sigma: float) -> np.ndarray:
-    """Fill ``out`` (float32, C-contiguous) with N(0, sigma**2) thermal noise drawn from ``gen``.
-
-    Inverse transform of 16-bit uniforms taken from the generator's raw 64-bit words: 2**16 equiprobable
-    levels of the normal distribution, ~5x cheaper than ``standard_normal``. Tails beyond 4.42 sigma are not
-    represented (a true normal puts 1e-5 of its draws there); variance is exact."""
-    flat = out.reshape(-1)
-    words = gen.bit_generator.random_raw((flat.size + 3) // 4)
-    idx = words.view(np.uint16)[:flat.size]
-    np.take(_noise_levels() * np.float32(sigma), idx, out=flat, mode="clip")
-    return out
+def noise_codes(gen: np.random.Generator, n: int) -> np.ndarray:
+    """``n`` uniform 16-bit indices into :func:`_noise_levels`, from the generator's raw 64-bit words (four per
+    word). An inverse transform: ~5x cheaper than ``standard_normal``; tails beyond 4.42 sigma are not
+    represented (a true normal puts 1e-5 of its draws there), the variance is exact."""
+    return gen.bit_generator.random_raw((n + 3) // 4).view(np.uint16)[:n]
 
 
 def _pattern_rows(quant: CimQuantSpec, head_dim: int, cores: Sequence[int], seq_k: int,
@@ -163,21 +157,31 @@ def _pattern_rows(quant: CimQuantSpec, head_dim: int, cores: Sequence[int], seq_
 
 def approx_scores(q: np.ndarray, k: np.ndarray, quant: CimQuantSpec, scale: float,
                   rng: np.random.Generator | None = None, *, head_rngs: list | None = None,
-                  cores: Sequence[int] | None = None, key_offset: int = 0) -> ApproxScores:
+                  cores: Sequence[int] | None = None, key_offset: int = 0,
+                  blocks: Sequence[tuple[int, int, int]] | None = None) -> ApproxScores:
     """Approximate logits of one layer: q (H, Sq, D), k (KV, Sk, D) -> ApproxScores((H, Sq, Sk), (H,)).
 
-    Thermal noise (when its sigma is > 0, see :func:`gaussian_noise`) is drawn from ``rng`` (one draw per head,
+    Thermal noise (when its sigma is > 0, see :func:`noise_codes`) is drawn from ``rng`` (one draw per head,
     in head order) or from ``head_rngs[h]`` for head h (so the draw does not depend on how heads are batched).
     With zero noise no random number is drawn. ``cores`` gives the CIM core of each head (default all core 0;
     see :func:`head_cores`) and ``key_offset`` the position of k's first key, which fix each key's comparator
-    column: score = lsb x ((1 + gain[col]) x dot + offset[col] + noise).
+    column: score = lsb x ((1 + gain[col]) x dot + offset[col] + noise). ``blocks`` (first row, end row, keys),
+    from :func:`~soc.attention.exact.row_blocks`: compute only those pairs (the others, invalid, read -inf);
+    the noise of a pair is the same with or without blocks.
     """
     heads, seq_q, head_dim = q.shape
     seq_k = k.shape[1]
     q_code, step_q, div_q = _codes(q, quant.query_bits, quant.full_bits, quant.rounding)
     k_code, step_k, div_k = _codes(k, quant.key_bits, quant.full_bits, quant.rounding)
     k_code_h = kv_for_heads(k_code, 0, heads, heads)
-    dots = np.matmul(q_code, k_code_h.transpose(0, 2, 1))
+    blocks = [(0, seq_q, seq_k)] if blocks is None else list(blocks)
+    if len(blocks) == 1:
+        dots = np.matmul(q_code, k_code_h.transpose(0, 2, 1))
+    else:
+        dots = np.empty((heads, seq_q, seq_k), np.float32)
+        for r0, r1, end in blocks:
+            np.matmul(q_code[:, r0:r1], k_code_h[:, :end].transpose(0, 2, 1), out=dots[:, r0:r1, :end])
+            dots[:, r0:r1, end:] = -np.inf
     lsb_q = (step_q * 2.0 ** (quant.full_bits - quant.query_bits)).reshape(heads).astype(np.float64)
     lsb_k = (step_k * 2.0 ** (quant.full_bits - quant.key_bits)).reshape(-1).astype(np.float64)
     lsb_k_h = kv_for_heads(lsb_k[:, None, None], 0, heads, heads)[:, 0, 0]
@@ -197,16 +201,22 @@ def approx_scores(q: np.ndarray, k: np.ndarray, quant: CimQuantSpec, scale: floa
             gens = [rng] * heads
         else:
             raise ValueError(f"rng: the thermal noise sigma is {sigma} LSB but no random generator was given")
-    noise = np.empty((seq_q, seq_k), dtype=np.float32) if gens is not None else None
     unit = np.float32(1.0 / (div_q * div_k))  # a power of two: exact
     for h in range(heads):  # head by head: each pass runs on one head's scores, in cache
-        d, lsb = dots[h], np.float32(score_lsb[h])
-        if pattern is None:
-            d *= unit * lsb
-        else:
-            gain_row, offset_row = pattern[h]
-            d *= gain_row * (unit * lsb)
-            d += offset_row * lsb
-        if noise is not None:
-            d += gaussian_noise(gens[h], noise, sigma * float(lsb))
+        lsb = np.float32(score_lsb[h])
+        if gens is not None:  # one draw per pair of the whole matrix, whatever the blocks
+            idx = noise_codes(gens[h], seq_q * seq_k).reshape(seq_q, seq_k)
+            levels = _noise_levels() * np.float32(sigma * float(lsb))
+        for r0, r1, end in blocks:
+            d = dots[h, r0:r1, :end]
+            if pattern is None:
+                d *= unit * lsb
+            else:
+                gain_row, offset_row = pattern[h]
+                d *= gain_row[:end] * (unit * lsb)
+                d += offset_row[:end] * lsb
+            if gens is not None:
+                noise = np.empty((r1 - r0, end), np.float32)
+                np.take(levels, idx[r0:r1, :end], out=noise, mode="clip")
+                d += noise
     return ApproxScores(dots, score_lsb)

@@ -13,6 +13,7 @@ from typing import NamedTuple
 import numpy as np
 
 from soc.attention.approx import ApproxScores, approx_scores, head_cores
+from soc.attention.exact import row_blocks
 from soc.attention.pruning import calibrate_thresholds, fixed_thresholds, forced_keys, prune_mask
 from soc.attention.spec import CimQuantSpec, LayerRule
 
@@ -24,15 +25,16 @@ def head_rngs(seed: int, stream: int, layer: int, h0: int, h1: int) -> list[np.r
 
 def cim_scores(q: np.ndarray, k: np.ndarray, quant: CimQuantSpec, scale: float, *, seed: int, layer: int,
                first_head: int = 0, stream: int = 0, layer_heads: int | None = None,
-               kv_heads: int | None = None) -> ApproxScores:
+               kv_heads: int | None = None, blocks=None) -> ApproxScores:
     """The array's approximate logits of query heads [first_head, first_head + H) of ``layer``:
     q (H, Sq, D), k (H or KV, Sk, D) already matched to those heads. ``layer_heads`` and ``kv_heads`` (default:
-    the H heads given, one KV head each) place each head on the CIM core whose fixed pattern it sees."""
+    the H heads given, one KV head each) place each head on the CIM core whose fixed pattern it sees.
+    ``blocks``: compute only those pairs (:func:`soc.attention.exact.row_blocks`; the others read -inf)."""
     heads = q.shape[0]
     layer_heads = layer_heads or first_head + heads
     cores = head_cores(layer, layer_heads, first_head, first_head + heads, quant.cores, kv_heads)
     return approx_scores(q, k, quant, scale, head_rngs=head_rngs(seed, stream, layer, first_head, first_head + heads),
-                         cores=cores)
+                         cores=cores, blocks=blocks)
 
 
 class PrunedLayer(NamedTuple):
@@ -61,7 +63,7 @@ def prune_layer(q: np.ndarray, k: np.ndarray, valid: np.ndarray, rule: LayerRule
         return PrunedLayer(np.broadcast_to(valid, (heads, *valid.shape)).copy(), None, np.zeros(heads))
     if scores is None:
         scores = cim_scores(q, k, quant, scale, seed=seed, layer=layer, first_head=first_head,
-                            layer_heads=layer_heads, kv_heads=kv_heads)
+                            layer_heads=layer_heads, kv_heads=kv_heads, blocks=row_blocks(valid) if valid.ndim == 2 else None)
     approx, lsb = scores
     if rule.rule == "threshold" and thresholds is None:
         thresholds = fixed_thresholds(rule, heads)

@@ -45,6 +45,28 @@ def valid_mask(seq_q: int, seq_k: int, causal: bool, query_offset: int = 0) -> n
     return np.arange(seq_k)[None, :] <= rows
 
 
+#: Rows per block of a causal head (a block computes only the keys its last row may see: ~half the work).
+CAUSAL_BLOCK_ROWS = 256
+
+_blocks_of: list = [None, None]  # the last validity seen and its blocks (one run asks the same mask per head)
+
+
+def row_blocks(valid: np.ndarray) -> list[tuple[int, int, int]]:
+    """(first row, end row, keys) blocks covering a (Sq, Sk) score matrix: one block of every key, unless each
+    row's validity is a prefix (causal), then blocks of :data:`CAUSAL_BLOCK_ROWS` rows, each reaching the last
+    key its rows may see. Pairs outside the blocks are invalid."""
+    if _blocks_of[0] is valid:
+        return _blocks_of[1]
+    seq_q, seq_k = valid.shape
+    n_valid = valid.sum(axis=-1)
+    blocks = [(0, seq_q, seq_k)]
+    if not valid.all() and np.array_equal(valid, np.arange(seq_k)[None, :] < n_valid[:, None]):
+        blocks = [(r0, min(r0 + CAUSAL_BLOCK_ROWS, seq_q), int(n_valid[r0:r0 + CAUSAL_BLOCK_ROWS].max()))
+                  for r0 in range(0, seq_q, CAUSAL_BLOCK_ROWS)]
+    _blocks_of[:] = [valid, blocks]
+    return blocks
+
+
 def scores(q: np.ndarray, k: np.ndarray, scale: float) -> np.ndarray:
     """Exact logits scale * Q Kᵀ, float32 (H, Sq, Sk); ``k`` already matched to q's heads (H, Sk, D)."""
     q32 = np.asarray(q, dtype=np.float32)
@@ -118,8 +140,9 @@ class AttentionWork:
 
     The pruned softmax reuses the exact one's exponentials: in a row whose exact argmax key is kept, the kept
     keys' maximum is the valid keys' maximum, so exp(logit - max) is the same number in both; only the other
-    rows (top-1 misses and empty rows) are exponentiated again. The results equal :func:`softmax_masked` +
-    :func:`weighted_sum` over ``valid`` and over ``keep`` bit for bit.
+    rows (top-1 misses and empty rows) are exponentiated again. A causal head runs in row blocks that stop at
+    the last key their rows may see (:func:`row_blocks`): the rest is zero probability, never computed. The
+    results equal :func:`softmax_masked` + :func:`weighted_sum` over ``valid`` and over ``keep`` bit for bit.
     """
 
     def __init__(self, heads: int, seq_q: int, seq_k: int, valid: np.ndarray) -> None:
@@ -127,10 +150,9 @@ class AttentionWork:
         self.pruned = np.empty((heads, seq_q, seq_k), np.float32)
         self.valid = valid
         self.invalid = None if valid.all() else ~valid  # None: every pair is valid
+        self.blocks = row_blocks(valid)
         # a causal mask is a prefix of each row: filling each row's tail is faster than a masked copy
-        n_valid = valid.sum(axis=-1)
-        prefix = np.array_equal(valid, np.arange(valid.shape[-1])[None, :] < n_valid[:, None])
-        self.row_ends = n_valid.tolist() if prefix and self.invalid is not None else None
+        self.row_ends = valid.sum(axis=-1).tolist() if len(self.blocks) > 1 else None
 
     def dense_keep(self, heads: int) -> np.ndarray:
         """keep = valid for ``heads`` heads (what the 'none' rule keeps)."""
@@ -140,37 +162,49 @@ class AttentionWork:
                keep: np.ndarray | None) -> PairOutputs:
         """Attention of q (H, Sq, D) over k, v (H, Sk, D): exact over valid pairs, pruned over ``keep``
         (None: no pruning, the pruned output is the exact one)."""
-        heads = q.shape[0]
+        heads, seq_q, _ = q.shape
         seq_k = k.shape[1]
         x = self.logits[:heads]
-        np.matmul(np.asarray(q, np.float32), np.asarray(k, np.float32).transpose(0, 2, 1), out=x)
-        x *= np.float32(scale)
-        if self.row_ends is not None:
-            for row, end in enumerate(self.row_ends):
-                x[:, row, end:] = -np.inf
-        elif self.invalid is not None:
-            np.copyto(x, np.float32(-np.inf), where=self.invalid)
-        exact_arg = x.argmax(axis=-1)
-        redo = saved = None
-        if keep is not None:
-            hit = np.take_along_axis(keep, exact_arg[..., None], axis=-1)[..., 0]
-            redo = np.flatnonzero(~hit)
-            saved = x.reshape(-1, seq_k)[redo]
-        _exp_shifted(x)
-        out_exact = None
-        if keep is None:
-            _normalize(x)
-            out_exact = weighted_sum(x, v)
-            return PairOutputs(x, out_exact, out_exact, exact_arg)
-        p = self.pruned[:heads]
-        np.multiply(x, keep, out=p)
-        if redo.size:
-            rows = np.where(keep.reshape(-1, seq_k)[redo], saved, np.float32(-np.inf))
-            _exp_shifted(rows)
-            p.reshape(-1, seq_k)[redo] = rows
-        _normalize(p)
-        _normalize(x)
-        return PairOutputs(x, weighted_sum(x, v), weighted_sum(p, v), exact_arg)
+        q32, k32, v32 = (np.asarray(a, np.float32) for a in (q, k, v))
+        out_exact = np.empty((heads, seq_q, v32.shape[-1]), np.float32)
+        out_pruned = out_exact if keep is None else np.empty_like(out_exact)
+        p = None if keep is None else self.pruned[:heads]
+        exact_arg = np.empty((heads, seq_q), np.int64)
+        for r0, r1, end in self.blocks:
+            xb = x[:, r0:r1, :end]
+            np.matmul(q32[:, r0:r1], k32[:, :end].transpose(0, 2, 1), out=xb)
+            xb *= np.float32(scale)
+            if self.row_ends is not None:
+                for row in range(r0, r1):
+                    x[:, row, self.row_ends[row]:end] = -np.inf
+                x[:, r0:r1, end:] = 0.0  # zero probability: never exponentiated
+            elif self.invalid is not None:
+                np.copyto(xb, np.float32(-np.inf), where=self.invalid[r0:r1, :end])
+            exact_arg[:, r0:r1] = xb.argmax(axis=-1)
+            redo = saved = None
+            if keep is not None:
+                kb = keep[:, r0:r1, :end]
+                hit = np.take_along_axis(kb, exact_arg[:, r0:r1, None], axis=-1)[..., 0]
+                redo = np.nonzero(~hit)  # (heads, rows) of the rows whose exact argmax key was pruned
+                saved = xb[redo]
+            _exp_shifted(xb)
+            if keep is None:
+                _normalize(xb)
+                out_exact[:, r0:r1] = weighted_sum(xb, v32[:, :end])
+                continue
+            pb = p[:, r0:r1, :end]
+            np.multiply(xb, kb, out=pb)
+            if redo[0].size:
+                rows = np.where(kb[redo], saved, np.float32(-np.inf))
+                _exp_shifted(rows)
+                pb[redo] = rows
+            if end < seq_k:
+                p[:, r0:r1, end:] = 0.0
+            _normalize(pb)
+            _normalize(xb)
+            out_exact[:, r0:r1] = weighted_sum(xb, v32[:, :end])
+            out_pruned[:, r0:r1] = weighted_sum(pb, v32[:, :end])
+        return PairOutputs(x, out_exact, out_pruned, exact_arg)
 
 
 def _exp_shifted(x: np.ndarray) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 
 from soc import progress
 from soc.attention.cim_layer import cim_scores, head_rngs, prune_layer
-from soc.attention.exact import AttentionWork, kv_for_heads, valid_mask
+from soc.attention.exact import AttentionWork, kv_for_heads, row_blocks, valid_mask
 from soc.attention.metrics import AccuracyTally
 from soc.attention.plan import survivor_tables
 from soc.attention.pruning import calibrate_thresholds, fixed_thresholds, forced_keys, quantile_threshold
@@ -137,7 +137,7 @@ def _calibrate(rule: LayerRule, q_l: np.ndarray, k_l: np.ndarray, valid: np.ndar
     for h0, h1 in slices:
         approx = cim_scores(q_l[h0:h1], kv_for_heads(k_l, h0, h1, heads), pruning.quant, scale, seed=seed,
                             layer=layer, first_head=h0, stream=stream, layer_heads=heads,
-                            kv_heads=k_l.shape[0]).scores
+                            kv_heads=k_l.shape[0], blocks=row_blocks(valid)).scores
         if rule.granularity == "head" or len(slices) == 1:
             thr[h0:h1] = calibrate_thresholds(approx, valid, frac, rule.granularity, forced_keys(valid, rule))
         else:

@@ -43,6 +43,27 @@ def _tiled(mask: np.ndarray, q_tile: int, k_tile: int) -> np.ndarray:
     return mask.reshape(heads, nq, q_tile, nk, k_tile)
 
 
+def _per_key(tiles: np.ndarray) -> np.ndarray:
+    """(H, nq, q_tile, nk, k_tile) bool -> (H, nq, nk, k_tile): how many rows of each chunk hold each key (a sum
+    of whole rows, which numpy vectorises, instead of a reduction over strided axes)."""
+    dtype = np.uint8 if tiles.shape[2] < 256 else np.int32
+    return tiles.view(np.uint8).sum(axis=2, dtype=dtype)
+
+
+_WORD = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
+def _row_used(tiles: np.ndarray) -> np.ndarray:
+    """(H, nq, q_tile, nk, k_tile) bool -> (H, nq, q_tile, nk): does the row keep any key of the chunk. A chunk
+    row of 8, 16, 32 or 64 keys packs into one machine word, tested at once."""
+    heads, nq, q_tile, nk, k_tile = tiles.shape
+    word = _WORD.get(k_tile // 8) if k_tile % 8 == 0 else None
+    if word is None:
+        return tiles.any(axis=4)
+    packed = np.packbits(tiles.reshape(heads, nq * q_tile, nk * k_tile), axis=-1)
+    return (packed.view(word) != 0).reshape(heads, nq, q_tile, nk)
+
+
 def _check_group(heads: int, group: int) -> None:
     if isinstance(group, bool) or not isinstance(group, (int, np.integer)) or group < 1 or heads % group:
         raise ValueError(f"group: expected a positive integer dividing the heads ({heads}), got {group!r}")
@@ -75,11 +96,12 @@ def chunk_counts(keep: np.ndarray, valid: np.ndarray, q_tile: int, k_tile: int,
     shape = (heads, nq, nk)
 
     valid3 = valid[None] if valid.ndim == 2 else valid
-    pairs_valid = _tiled(valid3, q_tile, k_tile).sum(axis=(2, 4), dtype=np.int64)
+    pairs_valid = _per_key(_tiled(valid3, q_tile, k_tile)).sum(axis=-1, dtype=np.int64)
     tiles = _tiled(keep, q_tile, k_tile)
-    pairs_kept = tiles.sum(axis=(2, 4), dtype=np.int64)
-    key_used = tiles.any(axis=2)                      # (H, nq, nk, k_tile): kept by some row of the chunk
-    row_used = tiles.any(axis=4)                      # (H, nq, q_tile, nk): row keeps some key in the chunk
+    per_key = _per_key(tiles)                         # (H, nq, nk, k_tile): rows of the chunk keeping each key
+    pairs_kept = per_key.sum(axis=-1, dtype=np.int64)
+    key_used = per_key > 0                            # kept by some row of the chunk
+    row_used = _row_used(tiles)                       # (H, nq, q_tile, nk): row keeps some key in the chunk
     # A key is new in query tile i if no earlier query tile of the same KV head and key tile kept it.
     walk = _walk(key_used, group)                     # (KV, group * nq, nk, k_tile) in walk order
     seen_before = np.zeros_like(walk)

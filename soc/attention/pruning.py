@@ -191,18 +191,27 @@ def _topk_mask(approx: np.ndarray, valid: np.ndarray, rule: LayerRule) -> np.nda
     return keep
 
 
+_forced_of: list = [None, None, None]  # the last validity, its key and its forced pairs (asked once per head)
+
+
 def forced_keys(valid: np.ndarray, rule: LayerRule, query_offset: int | None = None) -> np.ndarray | None:
     """(Sq, Sk) pairs kept whatever the scores: the first ``keep_sink_tokens`` keys and the
     ``keep_recent_tokens`` keys ending at the query's own position (``query_offset`` + row; by default the
-    queries are the last rows, offset = seq_k - seq_q). None when the rule forces nothing."""
+    queries are the last rows, offset = seq_k - seq_q). None when the rule forces nothing. Read-only."""
     if not (rule.keep_sink_tokens or rule.keep_recent_tokens) or rule.rule == "none":
         return None
+    key_of = (rule.keep_sink_tokens, rule.keep_recent_tokens, query_offset)
+    if _forced_of[0] is valid and _forced_of[1] == key_of:
+        return _forced_of[2]
     seq_q, seq_k = valid.shape[-2:]
     offset = seq_k - seq_q if query_offset is None else query_offset
     own = np.arange(seq_q)[:, None] + offset
     key = np.arange(seq_k)[None, :]
     forced = (key < rule.keep_sink_tokens) | ((own - key >= 0) & (own - key < rule.keep_recent_tokens))
-    return forced & (valid if valid.ndim == 2 else valid.all(axis=0))
+    forced &= valid if valid.ndim == 2 else valid.all(axis=0)
+    forced.setflags(write=False)
+    _forced_of[:] = [valid, key_of, forced]
+    return forced
 
 
 def prune_mask(approx: np.ndarray, valid: np.ndarray, rule: LayerRule,
