@@ -151,3 +151,42 @@ def test_config_reaches_the_functional_model_and_defaults_carry_a_citation():
     for key in ("noise_fraction_fs", "gain_sigma_fraction", "offset_fraction_fs"):
         text = cfg.provenance[f"cim.{key}"]
         assert text.startswith(("published:", "derived:")) and "JSSC" in text, key
+
+
+def test_noise_levels_are_a_unit_normal_to_its_16_bit_quantiles():
+    from statistics import NormalDist
+
+    from soc.attention.approx import NOISE_LEVELS, _noise_levels
+
+    levels = _noise_levels().astype(np.float64)
+    assert levels.size == NOISE_LEVELS and np.all(np.diff(levels) > 0)
+    np.testing.assert_array_equal(levels, -levels[::-1])              # symmetric: zero mean
+    assert np.mean(levels ** 2) == pytest.approx(1.0, abs=1e-6)         # unit variance
+    # level i stands for the normal's probability slice i: the CDF at a level is within one slice of (i+1/2)/n
+    cdf = np.array([NormalDist().cdf(x) for x in levels[::997]])
+    np.testing.assert_allclose(cdf, (np.arange(NOISE_LEVELS)[::997] + 0.5) / NOISE_LEVELS, atol=1.5 / NOISE_LEVELS)
+    assert levels[-1] == pytest.approx(4.32, abs=0.01)                 # beyond it, the tail the draw cannot reach
+
+
+def test_noise_draw_is_normal_and_independent_of_the_blocks():
+    from soc.attention.exact import row_blocks, valid_mask
+
+    rng = np.random.default_rng(8)
+    q = rng.standard_normal((2, 600, 32)).astype(np.float32)
+    k = rng.standard_normal((2, 600, 32)).astype(np.float32)
+    quant = CimQuantSpec(noise_fraction_fs=0.01)
+    clean = approx_scores(q, k, CimQuantSpec(), 1.0)
+    full = approx_scores(q, k, quant, 1.0, head_rngs=[np.random.default_rng([1, h]) for h in range(2)])
+    units = ((full.scores - clean.scores) / clean.score_lsb[:, None, None]).ravel() / (0.01 * 64 * 32)
+    assert abs(units.mean()) < 0.005 and units.std() == pytest.approx(1.0, rel=0.01)
+    assert abs(np.mean(units ** 3)) < 0.01 and np.mean(units ** 4) == pytest.approx(3.0, rel=0.03)  # normal shape
+    valid = valid_mask(600, 600, True)
+    blocks = row_blocks(valid)
+    assert len(blocks) == 3 and blocks[0] == (0, 256, 256)
+    part = approx_scores(q, k, quant, 1.0, head_rngs=[np.random.default_rng([1, h]) for h in range(2)],
+                         blocks=blocks)
+    np.testing.assert_array_equal(part.scores[:, valid], full.scores[:, valid])
+    outside = np.ones((600, 600), bool)
+    for r0, r1, end in blocks:
+        outside[r0:r1, :end] = False
+    assert outside.sum() > 0.3 * outside.size and np.all(part.scores[:, outside] == -np.inf)

@@ -143,3 +143,27 @@ def test_dense_counterfactual_per_head_scales_to_the_whole_table(causal_trace, p
     assert whole == {key: val * func.dense_repeats for key, val in one.items()}
     assert res.report["traffic"]["dense"] == whole
     assert func.dense_group["pairs_valid"].sum() * func.dense_repeats == func.dense_chunks["pairs_valid"].sum()
+
+
+@pytest.mark.parametrize("offset", [0, 90])
+def test_causal_row_blocks_give_the_whole_matrix_attention(offset):
+    """A causal head longer than one row block (soc.attention.exact.CAUSAL_BLOCK_ROWS) against the plain
+    softmax over the whole matrix: the blocks skip only pairs no row may see. Row sums then run over a block's
+    keys, not the whole row (numpy's pairwise summation groups them differently): equal to float32 rounding."""
+    from soc.attention.exact import AttentionWork, attention, row_blocks, valid_mask
+
+    rng = np.random.default_rng(offset)
+    seq_q, seq_k = 600, 600 + offset
+    q, k, v = (rng.standard_normal((2, n, 16)).astype(np.float32) for n in (seq_q, seq_k, seq_k))
+    valid = valid_mask(seq_q, seq_k, True, offset)
+    assert len(row_blocks(valid)) == 3
+    keep = (rng.random((2, seq_q, seq_k)) < 0.3) & valid
+    keep[:, :, 0] = True
+    work = AttentionWork(2, seq_q, seq_k, valid)
+    got = work.attend(q, k, v, 0.25, keep)
+    out_exact, probs = attention(q, k, v, 0.25, True, offset)
+    out_pruned, _ = attention(q, k, v, 0.25, True, offset, keep=keep)
+    np.testing.assert_allclose(got.probs_exact, probs, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(got.out_exact, out_exact, rtol=2e-6, atol=1e-7)
+    np.testing.assert_allclose(got.out_pruned, out_pruned, rtol=2e-6, atol=1e-7)
+    np.testing.assert_array_equal(got.exact_arg, np.where(valid, probs, -1).argmax(axis=-1))

@@ -142,7 +142,8 @@ class AttentionWork:
     keys' maximum is the valid keys' maximum, so exp(logit - max) is the same number in both; only the other
     rows (top-1 misses and empty rows) are exponentiated again. A causal head runs in row blocks that stop at
     the last key their rows may see (:func:`row_blocks`): the rest is zero probability, never computed. The
-    results equal :func:`softmax_masked` + :func:`weighted_sum` over ``valid`` and over ``keep`` bit for bit.
+    results equal :func:`softmax_masked` + :func:`weighted_sum` over ``valid`` and over ``keep`` bit for bit in
+    one block, and to float32 rounding over several (a row's sums then run over its block's keys only).
     """
 
     def __init__(self, heads: int, seq_q: int, seq_k: int, valid: np.ndarray) -> None:

@@ -27,7 +27,7 @@ from soc.attention.table import CHUNK_INDEX_KEYS, ChunkTable, repeat_groups
 from soc.errors import ConfigError, TraceError
 
 #: Above this many score elements per layer (heads * seq_q * seq_k), heads are processed one at a time.
-MAX_LAYER_ELEMENTS = 2 ** 26
+MAX_LAYER_ELEMENTS = 2 ** 24
 #: Layer-granularity calibration over head-by-head layers uses at most this many (evenly strided) samples.
 CALIBRATION_SAMPLE_CAP = 2 ** 24
 
