@@ -174,7 +174,7 @@ def test_attention_work_equals_two_masked_softmaxes_bit_for_bit(rng, mask):
 
     heads, sq, sk, d = 3, 20, 24, 8
     q, k, v = (rng.standard_normal((heads, n, d)).astype(np.float32) for n in (sq, sk, sk))
-    valid = {"full": np.ones((sq, sk), bool), "causal": valid_mask(sq, sk, True, 4),
+    valid = {"full": np.ones((sq, sk), bool), "causal": valid_mask(sq, sk, True, 4).copy(),
              "scattered": rng.random((sq, sk)) < 0.7}[mask]
     valid[3] = False  # a row with no valid key
     keep = valid & (rng.random((heads, sq, sk)) < 0.4)

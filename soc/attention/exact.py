@@ -40,9 +40,11 @@ def valid_mask(seq_q: int, seq_k: int, causal: bool, query_offset: int = 0) -> n
     if query_offset < 0:
         raise ValueError(f"query_offset: expected an integer >= 0, got {query_offset}")
     if not causal:
-        return np.ones((seq_q, seq_k), dtype=bool)
-    rows = np.arange(seq_q)[:, None] + query_offset
-    return np.arange(seq_k)[None, :] <= rows
+        mask = np.ones((seq_q, seq_k), dtype=bool)
+    else:
+        mask = np.arange(seq_k)[None, :] <= np.arange(seq_q)[:, None] + query_offset
+    mask.setflags(write=False)  # read-only: the functional layer caches what it derives from a mask by identity
+    return mask
 
 
 #: Rows per block of a causal head (a block computes only the keys its last row may see: ~half the work).
@@ -55,7 +57,7 @@ def row_blocks(valid: np.ndarray) -> list[tuple[int, int, int]]:
     """(first row, end row, keys) blocks covering a (Sq, Sk) score matrix: one block of every key, unless each
     row's validity is a prefix (causal), then blocks of :data:`CAUSAL_BLOCK_ROWS` rows, each reaching the last
     key its rows may see. Pairs outside the blocks are invalid."""
-    if _blocks_of[0] is valid:
+    if _blocks_of[0] is valid:  # cached by identity for read-only masks only (valid_mask's are)
         return _blocks_of[1]
     seq_q, seq_k = valid.shape
     n_valid = valid.sum(axis=-1)
@@ -63,7 +65,8 @@ def row_blocks(valid: np.ndarray) -> list[tuple[int, int, int]]:
     if not valid.all() and np.array_equal(valid, np.arange(seq_k)[None, :] < n_valid[:, None]):
         blocks = [(r0, min(r0 + CAUSAL_BLOCK_ROWS, seq_q), int(n_valid[r0:r0 + CAUSAL_BLOCK_ROWS].max()))
                   for r0 in range(0, seq_q, CAUSAL_BLOCK_ROWS)]
-    _blocks_of[:] = [valid, blocks]
+    if not valid.flags.writeable:
+        _blocks_of[:] = [valid, blocks]
     return blocks
 
 

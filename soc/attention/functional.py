@@ -245,19 +245,20 @@ def run_functional(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, scale: float,
             score_lsb = np.empty(heads)
             layer_mask = np.empty((heads, seq_q, seq_k), dtype=bool) if keep_masks else None
 
-            for h0, h1 in slices:
-                k_h, v_h = kv_for_heads(k_l, h0, h1, heads), kv_for_heads(v_l, h0, h1, heads)
+            for h0, h1 in slices:  # float32 once per slice, for the scores and the attention alike
+                q_h = np.asarray(q_l[h0:h1], np.float32)
+                k_h, v_h = (np.asarray(kv_for_heads(x, h0, h1, heads), np.float32) for x in (k_l, v_l))
                 if rule.rule == "none":
                     keep = None
                 else:
                     given = None if thresholds is None or inline else thresholds[h0:h1]
-                    pruned = prune_layer(q_l[h0:h1], k_h, valid, rule, quant=pruning.quant, scale=scale,
+                    pruned = prune_layer(q_h, k_h, valid, rule, quant=pruning.quant, scale=scale,
                                          seed=seed, layer=layer, first_head=h0, thresholds=given,
                                          query_offset=query_offset, layer_heads=heads, kv_heads=kv_heads)
                     keep, score_lsb[h0:h1] = pruned.keep, pruned.score_lsb
                     if inline:
                         thresholds[h0:h1] = pruned.thresholds
-                att = work.attend(q_l[h0:h1], k_h, v_h, scale, keep)
+                att = work.attend(q_h, k_h, v_h, scale, keep)
                 if keep is None:
                     keep = work.dense_keep(h1 - h0)
                     table.put_dense(at, h0, h1 - h0)

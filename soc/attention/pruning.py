@@ -18,6 +18,7 @@ import math
 
 import numpy as np
 
+from soc.attention.exact import row_blocks
 from soc.attention.spec import LayerRule, SpecError
 
 
@@ -64,11 +65,14 @@ def _sample_positions(size: int) -> np.ndarray:
     return idx
 
 
-def _quantile_in_band(x: np.ndarray, valid: np.ndarray | None, n: int, target: float) -> float | None:
+def _quantile_in_band(x: np.ndarray, valid: np.ndarray | None, n: int, target: float,
+                      blocks: list[tuple[int, int, int]] | None = None) -> float | None:
     """:func:`quantile_threshold` of the valid entries of ``x`` (a set of heads seen as one row), without
     gathering or partitioning them all: a sample brackets the quantile in a value band, counts place the band
     among all values, and a partial partition of the band alone finds the exact value. None if the sample's
-    band missed (the caller then takes the full path; the answer never depends on the sample)."""
+    band missed (the caller then takes the full path; the answer never depends on the sample). ``blocks``
+    (:func:`~soc.attention.exact.row_blocks` of a causal validity) limit the counting passes to the pairs
+    that may be valid."""
     want = min(max(int(round(target * n)), 1), n)
     kth = n - want
     flat = x.reshape(-1)
@@ -84,12 +88,17 @@ def _quantile_in_band(x: np.ndarray, valid: np.ndarray | None, n: int, target: f
         sample.partition(ends)
     lo = sample[i_lo] if 0 <= i_lo < sample.size else -np.inf
     hi = sample[i_hi] if 0 <= i_hi < sample.size else np.inf
-    inside = x >= lo
-    if valid is not None:
-        inside &= valid
-    n_below = n - int(np.count_nonzero(inside))
-    inside &= x <= hi
-    band = x[inside]
+    n_inside, bands = 0, []
+    for r0, r1, end in blocks or [(0, x.shape[-2], x.shape[-1])]:  # valid pairs all lie inside the blocks
+        xb = x[..., r0:r1, :end]
+        inside = xb >= lo
+        if valid is not None:
+            inside &= valid[..., r0:r1, :end]
+        n_inside += int(np.count_nonzero(inside))
+        inside &= xb <= hi
+        bands.append(xb[inside])
+    n_below = n - n_inside
+    band = bands[0] if len(bands) == 1 else np.concatenate(bands)  # the same values, whatever their order
     n_above = n - n_below - band.size
     if not n_below <= kth < n_below + band.size:
         return None
@@ -112,17 +121,35 @@ def _quantile_in_band(x: np.ndarray, valid: np.ndarray | None, n: int, target: f
     return out
 
 
-def _set_quantile(x: np.ndarray, valid: np.ndarray | None, target: float) -> float:
+def _set_quantile(x: np.ndarray, valid: np.ndarray | None, target: float,
+                  blocks: list[tuple[int, int, int]] | None = None) -> float:
     """The quantile threshold of the valid entries of ``x`` (valid broadcast over x's leading axes)."""
     full = None if valid is None else np.broadcast_to(valid, x.shape)
     n = x.size if valid is None else int(np.count_nonzero(valid)) * (x.size // valid.size)
     if n == 0:
         return 0.0
-    got = _quantile_in_band(x, valid, n, target)
+    got = _quantile_in_band(x, valid, n, target, blocks)
     if got is not None:
         return got
     vals = x.reshape(-1) if full is None else x[full]
     return float(quantile_threshold(vals[None, :], target)[0])
+
+
+# the last (validity, forced pairs) and their free pairs: asked once per head. Keyed by the arrays themselves (as
+# the row blocks and forced keys), so only read-only masks are cached: valid_mask's and forced_keys' are.
+_free_of: list = [None, None, None]
+
+
+def _free_pairs(valid: np.ndarray, forced: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """The valid pairs a comparator decides (valid and not forced), and the counts of valid and free pairs."""
+    if _free_of[0] is valid and _free_of[1] is forced:
+        return _free_of[2]
+    free = valid & ~forced
+    free.setflags(write=False)
+    out = (free, int(np.count_nonzero(valid)), int(np.count_nonzero(free)))
+    if not (valid.flags.writeable or forced.flags.writeable):
+        _free_of[:] = [valid, forced, out]
+    return out
 
 
 def calibrate_thresholds(approx: np.ndarray, valid: np.ndarray, target_kept_fraction: float,
@@ -141,20 +168,19 @@ def calibrate_thresholds(approx: np.ndarray, valid: np.ndarray, target_kept_frac
         raise ValueError(f"granularity: expected 'head' or 'layer', got {granularity!r}")
     heads = approx.shape[0]
     _valid_3d(valid, approx.shape)
-    if forced is not None and forced.any():
-        free = valid & ~forced
-        n_valid, n_free = int(np.count_nonzero(valid)), int(np.count_nonzero(free))
+    blocks = row_blocks(valid) if valid.ndim == 2 else None
+    free, n_valid, n_free = _free_pairs(valid, forced) if forced is not None else (valid, 0, 0)
+    if n_free < n_valid:  # some valid pair is forced
         share = (target_kept_fraction * n_valid - (n_valid - n_free)) / n_free if n_free else 0.0
         if share <= 0:  # the forced pairs alone reach the target: a finite reference above every score
             return approx.reshape(heads, -1).max(axis=1).astype(np.float64) + 1.0
-        return calibrate_thresholds(approx, free, min(share, 1.0), granularity)
+        valid, target_kept_fraction = free, min(share, 1.0)
     shared = None if valid.all() else valid  # a full validity needs no mask at all
     if granularity == "layer":
-        v = shared if shared is None or shared.ndim == 2 else shared
-        return np.full(heads, _set_quantile(approx, v, target_kept_fraction))
+        return np.full(heads, _set_quantile(approx, shared, target_kept_fraction, blocks))
     if shared is not None and shared.ndim == 3:
         return np.array([_set_quantile(approx[h], shared[h], target_kept_fraction) for h in range(heads)])
-    return np.array([_set_quantile(approx[h], shared, target_kept_fraction) for h in range(heads)])
+    return np.array([_set_quantile(approx[h], shared, target_kept_fraction, blocks) for h in range(heads)])
 
 
 def fixed_thresholds(rule: LayerRule, heads: int) -> np.ndarray | None:
@@ -210,7 +236,8 @@ def forced_keys(valid: np.ndarray, rule: LayerRule, query_offset: int | None = N
     forced = (key < rule.keep_sink_tokens) | ((own - key >= 0) & (own - key < rule.keep_recent_tokens))
     forced &= valid if valid.ndim == 2 else valid.all(axis=0)
     forced.setflags(write=False)
-    _forced_of[:] = [valid, key_of, forced]
+    if not valid.flags.writeable:  # cached by identity for read-only masks only (valid_mask's are)
+        _forced_of[:] = [valid, key_of, forced]
     return forced
 
 
