@@ -5,8 +5,8 @@
 
 In one process and in rotating order, ``--repeats`` times each: the floor (numpy dense attention as ``soc bench``
 measures it: Q.K^T, the causal mask if any, softmax, P.V of every layer in float32), the functional pass of ``soc run`` (the config's pruning: a
-calibrated threshold with analog noise), the same pass without noise, and the noise draw alone (the
-``standard_normal`` calls of the analog readout, same count; they belong to ``soc.attention.approx``).
+calibrated threshold with analog noise), the same pass without thermal noise, and the noise draw alone (the
+readout's draw of ``soc.attention.approx``, one value per pair).
 ``--legacy`` adds the pass this one replaced (tests/legacy_functional.py). Medians of CPU time (and of wall
 time) are reported, and each figure as a ratio of the floor's median CPU time: on a shared machine the ratios
 move less than the seconds.
@@ -33,6 +33,7 @@ import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 from soc.attention.functional import run_functional  # noqa: E402
+from soc.attention.approx import _noise_levels, noise_codes  # noqa: E402
 from soc.config import load_config  # noqa: E402
 from soc.faces.bench import dense_attention_s  # noqa: E402  (the floor soc bench measures)
 from soc.simulate import pruning_spec  # noqa: E402
@@ -40,9 +41,14 @@ from soc.trace import synth_trace  # noqa: E402
 
 
 def _noise_draw(layers: int, heads: int, seq_q: int, seq_k: int) -> None:
+    """The analog readout's noise draw, as soc.attention.approx makes it: one 16-bit level index per pair from
+    each head's generator, mapped to the normal levels (whole matrices, as for an encoder)."""
+    levels = _noise_levels()
+    out = np.empty((seq_q, seq_k), np.float32)
     for layer in range(layers):
         for h in range(heads):
-            np.random.default_rng([0, 0, layer, h]).standard_normal((seq_q, seq_k), dtype=np.float32)
+            idx = noise_codes(np.random.default_rng([0, 0, layer, h]), seq_q * seq_k).reshape(seq_q, seq_k)
+            np.take(levels, idx, out=out, mode="clip")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     m = trace.meta
     cfg = load_config(args.config)
     spec = pruning_spec(cfg)
-    quiet = dataclasses.replace(spec, quant=dataclasses.replace(spec.quant, noise_sigma_lsb=0.0))
+    quiet = dataclasses.replace(spec, quant=dataclasses.replace(spec.quant, noise_sigma_lsb=0.0,
+                                                                noise_fraction_fs=0.0))
     k_tile = cfg.cim.key_tile(m.head_dim)
 
     def functional(pruning, module=None):
