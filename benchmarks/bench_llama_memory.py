@@ -1,6 +1,6 @@
 """Peak memory of a whole-model replay, Llama-7B-shaped, as layers grow: it must stay flat (one layer's worth).
 
-    OPENBLAS_NUM_THREADS=1 python benchmarks/bench_llama_memory.py [--layers 1,2,3] [--seq-len 4096]
+    OPENBLAS_NUM_THREADS=1 python benchmarks/bench_llama_memory.py [--layers 1,2,4,8] [--seq-len 4096]
         [--out benchmarks/results/llama_memory.txt] [--src DIR] [--keep DIR]
 
 For each layer count L it synthesises a LLaMA-2-7B-shaped directory trace of the first L layers (all 32 heads,
@@ -15,6 +15,7 @@ load: quote them as context; the RSS columns are the result.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -69,7 +70,7 @@ def run_child(cmd: list[str], env: dict[str, str]) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--layers", default="1,2,3", help="layer counts to run, comma-separated (default: 1,2,3)")
+    ap.add_argument("--layers", default="1,2,4,8", help="layer counts to run, comma-separated (default: 1,2,4,8)")
     ap.add_argument("--seq-len", type=int, default=4096, help="sequence length (default: 4096)")
     ap.add_argument("--workload", default="llama-2-7b", help="workload shape (default: llama-2-7b)")
     ap.add_argument("--src", default=str(REPO), help="checkout whose soc runs (default: this one)")
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"# soc run on {args.workload} (all heads), seq {args.seq_len}, directory trace, one process, "
              f"OPENBLAS_NUM_THREADS=1; src {args.src}",
              f"# {'layers':>6} {'peak_rss_MiB':>12} {'anon_MiB':>9} {'file_MiB':>9} {'wall_s':>8} {'cpu_s':>8} "
-             f"{'cpu_s/layer':>11} {'synth_s':>8}"]
+             f"{'cpu_s/layer':>11} {'synth_s':>8} {'tiles':>9}"]
     print("\n".join(lines), flush=True)
     rows = []
     for n in counts:
@@ -96,10 +97,12 @@ def main(argv: list[str] | None = None) -> int:
                             str(args.seq_len), "--layers", str(n), "--out", str(trace)], env=env, check=True,
                            stdout=subprocess.DEVNULL)
         synth_s = time.perf_counter() - t0
-        r = run_child([*soc, "run", "-q", "--trace", str(trace), "--out", str(work / f"out-L{n}")], env)
+        out = work / f"out-L{n}"
+        r = run_child([*soc, "run", "-q", "--trace", str(trace), "--out", str(out)], env)
+        tiles = json.loads((out / "report.json").read_text())["sim"]["chunks"]
         rows.append((n, r))
         line = (f"  {n:>6} {r['maxrss_mib']:>12.0f} {r['anon_mib']:>9.0f} {r['file_mib']:>9.0f} "
-                f"{r['wall_s']:>8.1f} {r['cpu_s']:>8.1f} {r['cpu_s'] / n:>11.1f} {synth_s:>8.1f}")
+                f"{r['wall_s']:>8.1f} {r['cpu_s']:>8.1f} {r['cpu_s'] / n:>11.1f} {synth_s:>8.1f} {tiles:>9}")
         lines.append(line)
         print(line, flush=True)
     if len(rows) > 1:

@@ -138,7 +138,7 @@ def merge_stats(cfg: SocConfig, shape: Shape, parts: list[SimStats], chunks: dic
     counters and ports hold the merged totals, so a block's own hooks (``extra_report``: DRAM row-hit rate,
     achieved bandwidth) compute the whole run's figures. ``keep_demand``: the merged stats carry the whole
     chunk table's demand table (the parts' own tables concatenated, or computed once when the parts sent none);
-    otherwise none, and the K/V rows fetched are the parts' sums (whole row counts: the same float sum)."""
+    otherwise none, and the K/V rows fetched are the parts' sums (whole row counts: exact in any order)."""
     if not parts:
         raise ValueError("merge: no layer ran")
     latency = sum(p.latency_ns for p in parts)
