@@ -346,17 +346,25 @@ def traffic_totals(d: dict[str, np.ndarray], placement: Placement) -> dict[str, 
 DENSE_BEST_LRU_CELLS = 1 << 25
 
 
-def _dense_group(valid: np.ndarray, cfg: SocConfig, shape: Shape, placement: Placement) -> dict[str, float]:
+def _dense_group(valid: np.ndarray, cfg: SocConfig, shape: Shape, placement: Placement,
+                 tables: dict | None = None) -> dict[str, float]:
     """Dense traffic of the whole workload: every (layer, KV head) sees the same valid pairs, so one group's
-    traffic (its query heads in sequence) times the number of groups."""
+    traffic (its query heads in sequence) times the number of groups. ``tables``: a memo of the group's chunk
+    table and survivor sets by tile shape (they depend on the tiles, not on the placement)."""
     group = shape.heads // shape.kv_heads
     q_tile, k_tile = cfg.dataflow.q_tile_rows, key_tile_keys(cfg, shape.head_dim)
     one = dataclasses.replace(shape, layers=1, heads=group, kv_heads=1)
-    chunks = dense_group_table(valid, q_tile, k_tile, group)
+    tables = {} if tables is None else tables
+    if ("chunks", q_tile, k_tile) not in tables:
+        tables[("chunks", q_tile, k_tile)] = dense_group_table(valid, q_tile, k_tile, group)
+    chunks = tables[("chunks", q_tile, k_tile)]
     survivors = None
     if placement.needs_survivors:
-        keep = np.broadcast_to(valid, (group, *valid.shape))
-        survivors = {k: v[None] for k, v in survivor_tables(keep, valid, q_tile, k_tile, group).items()}
+        if ("survivors", q_tile, k_tile) not in tables:
+            keep = np.broadcast_to(valid, (group, *valid.shape))
+            tables[("survivors", q_tile, k_tile)] = {
+                k: v[None] for k, v in survivor_tables(keep, valid, q_tile, k_tile, group).items()}
+        survivors = tables[("survivors", q_tile, k_tile)]
     totals = traffic_totals(demand(chunks, cfg, one, placement, survivors), placement)
     groups = shape.layers * shape.kv_heads
     return {k: v * groups for k, v in totals.items()}
@@ -367,13 +375,45 @@ def dense_traffic(func, cfg: SocConfig, shape: Shape, placement: Placement) -> d
     return _dense_group(func.valid, cfg, shape, placement)
 
 
-def dense_best_traffic(func, cfg: SocConfig, shape: Shape) -> dict:
+def _dense_floor_bytes(needs: tuple[np.ndarray, np.ndarray, np.ndarray], cfg: SocConfig, shape: Shape,
+                       placement: Placement) -> float:
+    """A lower bound on ``_dense_group``'s DRAM bytes (read + write) from the validity alone. ``needs``: per
+    query tile its rows and the keys some row needs (``|U_i|``), and per query the keys it needs (``|K_q|``).
+    Every live query tile is loaded and written back once. A step of the walk needing ``|U_i|`` rows finds at
+    most ``C`` of them on chip, whatever the policy: stream C = 0; reuse and cache C = the rows of
+    ``kv_cache_bytes``; row, per query, C = the survivor buffer; resident: all. The MSBs (>= 0) are left out."""
+    q_rows, union, per_query = needs
+    hd, elem = shape.head_dim, cfg.dataflow.element_bytes
+    if placement.kv == "resident":  # (not pruned: its exact answer is the early one)
+        rows = 0
+    elif placement.kv == "row":
+        rows = np.maximum(per_query - placement.survivor_rows, 0).sum()
+    else:
+        held = placement.kv_cache_bytes // (2 * hd * elem) if placement.kv in ("reuse", "cache") else 0
+        rows = np.maximum(union - held, 0).sum()
+    live = q_rows[union > 0].sum()
+    group = shape.heads // shape.kv_heads
+    per_group = live * hd * (elem + cfg.dataflow.output_bytes) + rows * 2.0 * hd * elem
+    return float(per_group) * group * shape.layers * shape.kv_heads
+
+
+def _query_tile_needs(valid: np.ndarray, q_tile: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of each query tile and the keys some row of it needs (validity (Sq, Sk))."""
+    seq_q = valid.shape[0]
+    nq = -(-seq_q // q_tile)
+    padded = np.pad(valid, ((0, nq * q_tile - seq_q), (0, 0))) if nq * q_tile > seq_q else valid
+    rows = np.minimum(q_tile, seq_q - np.arange(0, seq_q, q_tile))
+    return rows, padded.reshape(nq, q_tile, -1).any(axis=1).sum(axis=1)
+
+
+def dense_best_traffic(func, cfg: SocConfig, shape: Shape, prune: bool = True) -> dict:
     """``traffic.dense_best``: the dense SoC ``cfg`` with the dataflow that minimises its DRAM bytes for the same
     SRAM. K/V resident, when a KV head fits beside the configured query tile, fetches each row once: the
     minimum, taken at once. Otherwise every placement (row with all the SRAM the query tile leaves as survivor
     buffer) at every power-of-two query tile and key tiles of 16, 64 and the configured keys (a dense SoC has
     no CIM array to fix its key tile) that fit. Returns the four traffic totals plus the chosen
-    ``kv_placement``, ``q_tile_rows`` and ``key_tile_keys``."""
+    ``kv_placement``, ``q_tile_rows`` and ``key_tile_keys``. ``prune``: skip a trial whose lower bound
+    (``_dense_floor_bytes``) cannot beat the best found (the answer is the exhaustive search's)."""
     valid = func.valid
     seq_q, seq_k = valid.shape
     hd, elem = shape.head_dim, cfg.dataflow.element_bytes
@@ -383,10 +423,13 @@ def dense_best_traffic(func, cfg: SocConfig, shape: Shape) -> dict:
     tiles = [cfg.dataflow.q_tile_rows, *sorted({seq_q, *(1 << i for i in range(seq_q.bit_length()))}
                                                - {cfg.dataflow.q_tile_rows})]
     arrays = [cfg.cim.array_cols, *sorted({16 * cols_per_key, 64 * cols_per_key} - {cfg.cim.array_cols})]
+    per_query = valid.sum(axis=1)
+    needs: dict[int, tuple] = {}  # per query tile: its rows and keys needed (for the floors)
     best: dict | None = None
     for cols in arrays:
         for q_tile in tiles:
             steps = group * -(-seq_q // q_tile)
+            tables: dict = {}  # this tile shape's group table and survivor sets, shared by its placements
             for kv in ("resident", "stream", "reuse", "row", "cache"):
                 if kv == "cache" and steps * seq_k * (steps + 1) > DENSE_BEST_LRU_CELLS:
                     continue
@@ -398,9 +441,16 @@ def dense_best_traffic(func, cfg: SocConfig, shape: Shape) -> dict:
                     placement = kv_placement(trial, shape)
                 except WiringError:
                     continue
-                totals = _dense_group(valid, trial, shape, placement)
+                best_dram = None if best is None else best["dram_read_bytes"] + best["dram_write_bytes"]
+                if prune and best_dram is not None and kv != "resident":
+                    if q_tile not in needs:
+                        needs[q_tile] = (*_query_tile_needs(valid, q_tile), per_query)
+                    # a margin for rounding: only a trial that surely cannot beat the best is skipped
+                    if _dense_floor_bytes(needs[q_tile], trial, shape, placement) > best_dram * (1 + 1e-9):
+                        continue
+                totals = _dense_group(valid, trial, shape, placement, tables)
                 dram = totals["dram_read_bytes"] + totals["dram_write_bytes"]
-                if best is None or dram < best["dram_read_bytes"] + best["dram_write_bytes"]:
+                if best_dram is None or dram < best_dram:
                     best = {**totals, "kv_placement": kv, "q_tile_rows": q_tile,
                             "key_tile_keys": key_tile_keys(trial, hd)}
                 if kv == "resident" and best["kv_placement"] == "resident":

@@ -12,6 +12,11 @@ Because layers are independent, they can run anywhere: ``simulate(..., workers=N
 (memory-mapped), runs the functional pass on that layer and its timing run, and returns the layer's chunk table
 and statistics (no trace array is pickled). The serial run merges the same per-layer pieces in the same order,
 so its report is identical to a sharded one by construction (``sim`` aside).
+
+Memory. A layer's demand table (~1 KB a tile) lives only through its own timing run: the merge adds the
+layers' sums (K/V rows fetched, lookups) and keeps no whole-run table unless something will read it per tile
+(a timeline, or a caller's ``keep_demand``). So a whole-model replay's peak is one layer's timing table, not
+the model's (``Result.demand`` rebuilds the whole table on first use, for the few callers that want it).
 """
 
 from __future__ import annotations
@@ -72,9 +77,13 @@ def _layer_stats(cfg: SocConfig, shape: Shape, chunks: dict[str, np.ndarray], re
 
 
 def run_layers(cfg: SocConfig, shape: Shape, chunks: dict[str, np.ndarray], recorder: Recorder = OFF,
-               appends: tuple = (), survivors: dict[str, np.ndarray] | None = None) -> SimStats:
+               appends: tuple = (), survivors: dict[str, np.ndarray] | None = None,
+               keep_demand: bool = False) -> SimStats:
     """The serial timing of a chunk table: one fresh System per layer, merged (``appends`` ride with the first
-    layer). With a timeline, layer L's spans are shifted by the latencies of the layers before it."""
+    layer). With a timeline, layer L's spans are shifted by the latencies of the layers before it.
+    The merged stats carry the whole run's demand table only with a timeline (its energy counter reads it per
+    tile) or ``keep_demand``; otherwise each layer's table is dropped after its run."""
+    keep_demand = keep_demand or recorder.sink is not None
     parts: list[SimStats] = []
     offset = 0.0
     layers = layer_slices(chunks)
@@ -84,11 +93,11 @@ def run_layers(cfg: SocConfig, shape: Shape, chunks: dict[str, np.ndarray], reco
             rec = recorder if recorder.sink is None or offset == 0.0 else _Shifted(recorder, offset)
             mine = None if survivors is None else {k: v[i:i + 1] for k, v in survivors.items()}
             part = _layer_stats(cfg, shape, {k: v[rows] for k, v in chunks.items()}, rec,
-                                appends if i == 0 else (), bar, mine, keep_demand=True)
+                                appends if i == 0 else (), bar, mine, keep_demand=keep_demand)
             parts.append(part)
             offset += part.latency_ns
             bar.advance(rows.stop - rows.start)
-    return merge_stats(cfg, shape, parts, chunks, survivors)
+    return merge_stats(cfg, shape, parts, chunks, survivors, keep_demand=keep_demand)
 
 
 # --- the merge ----------------------------------------------------------------------------------------------
@@ -122,12 +131,14 @@ def _merge_result(name: str, parts: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def merge_stats(cfg: SocConfig, shape: Shape, parts: list[SimStats], chunks: dict[str, np.ndarray],
-                survivors: dict[str, np.ndarray] | None = None) -> SimStats:
+                survivors: dict[str, np.ndarray] | None = None, keep_demand: bool = False) -> SimStats:
     """One SimStats from the per-layer runs, in layer order (the serial and the sharded run call this alike).
 
     The merged statistics stand on the blocks of an unrun System whose clock reads the total latency and whose
     counters and ports hold the merged totals, so a block's own hooks (``extra_report``: DRAM row-hit rate,
-    achieved bandwidth) compute the whole run's figures; the demand table is the whole chunk table's."""
+    achieved bandwidth) compute the whole run's figures. ``keep_demand``: the merged stats carry the whole
+    chunk table's demand table (the parts' own tables concatenated, or computed once when the parts sent none);
+    otherwise none, and the K/V rows fetched are the parts' sums (whole row counts: exact in any order)."""
     if not parts:
         raise ValueError("merge: no layer ran")
     latency = sum(p.latency_ns for p in parts)
@@ -148,18 +159,19 @@ def merge_stats(cfg: SocConfig, shape: Shape, parts: list[SimStats], chunks: dic
     probe.net.link_bytes = {hop: link_bytes[f"{hop[0]}->{hop[1]}"] for hop in probe.net.link_bytes}
     for buf in probe.buffers:
         buf.peak = max(p.results[buf.name].get("peak_entries", 0) for p in parts)
-    if all(p.demand for p in parts):  # the layers' own tables, in layer order: the whole run's table
+    demand: dict[str, np.ndarray] = {}
+    if keep_demand and all(p.demand for p in parts):  # the layers' own tables, in layer order
         demand = {k: np.concatenate([p.demand[k] for p in parts]) for k in first.demand}
-        for p in parts:
-            p.demand = {}
-    else:  # a sharded run's workers send no table: the driver computes it once
+    elif keep_demand:  # a sharded run's workers send no table: the driver computes it once
         demand = probe.timing_table(chunks, survivors)
+    for p in parts:
+        p.demand = {}
     return SimStats(
         latency_ns=latency, events=sum(p.events for p in parts), wall_s=sum(p.wall_s for p in parts),
         cpu_s=sum(p.cpu_s for p in parts),
         placement=first.placement, key_tile=first.key_tile, blocks=blocks, utilization=util, busy_ns=busy,
         counts=counts, link_bytes=link_bytes, token_buffer_peak=max(p.token_buffer_peak for p in parts),
-        kv_rows_fetched=float(demand["kv_fetch_rows"].sum()), kv_lookups=sum(p.kv_lookups for p in parts),
+        kv_rows_fetched=sum(p.kv_rows_fetched for p in parts), kv_lookups=sum(p.kv_lookups for p in parts),
         demand=demand, pairs=first.pairs,
         results={name: _merge_result(name, [p.results[name] for p in parts]) for name in first.results},
         tech=first.tech,

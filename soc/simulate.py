@@ -1,7 +1,7 @@
 """One simulation, end to end: functional pass (numpy) -> timing (SimPy) -> a ``Result``.
 
-The ``Result`` is assembled here and only here: the resolved config, the demand tables (the run's and the
-dense counterfactual's, each computed once), every block's own result, the functional metrics, end time,
+The ``Result`` is assembled here and only here: the resolved config, the dense baselines' traffic (each
+computed once), every block's own result, the functional metrics, end time,
 wall time, and the exception if one happened. ``soc/faces/report.py`` turns it into report.json.
 
     import soc
@@ -36,7 +36,8 @@ from soc.system import SimStats, System
 class Result:
     """A finished run. ``report`` (report.json as a dict) is made from it once, on first use, and never edited.
 
-    ``stats`` holds the blocks, their ``result()`` hooks, the run's demand table, end time and events;
+    ``stats`` holds the blocks, their ``result()`` hooks, end time and events (and the run's demand table with a
+    timeline; ``demand`` gives it for every run);
     ``dense_traffic`` (the same SoC and dataflow without pruning) and ``dense_best_traffic`` (the dense SoC at
     the dataflow that minimises its DRAM bytes for the same SRAM) are the two baselines, computed once here.
     """
@@ -53,9 +54,17 @@ class Result:
     error: BaseException | None = None
     baselines_cpu_s: float = 0.0  # CPU time of the two dense baselines (computed once per run, here)
 
-    @property
+    @cached_property
     def demand(self) -> dict[str, np.ndarray]:
-        return self.stats.demand if self.stats is not None else {}
+        """The run's demand table, per chunk (``System.timing_table`` of the whole chunk table). A run with a
+        timeline carries it in ``stats.demand``; any other keeps no whole-run table (it would be ~1 KB a tile:
+        gigabytes for a long model), so it is computed here on first use, from the functional pass's chunks
+        (the same table: each layer's is its own rows'). Empty when the timing run did not finish."""
+        if self.stats is None:
+            return {}
+        if self.stats.demand:
+            return self.stats.demand
+        return System(self.config, self.shape).timing_table(self.functional.chunks, self.functional.survivors)
 
     @property
     def end_ns(self) -> float:

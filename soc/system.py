@@ -60,7 +60,8 @@ class SimStats:
     link_bytes: dict[str, float] = field(default_factory=dict)
     token_buffer_peak: int = 0
     kv_rows_fetched: float = 0.0  # K/V rows brought from DRAM (for the reuse hit rate)
-    demand: dict[str, np.ndarray] = field(default_factory=dict)  # the run's demand table, per chunk
+    # the run's demand table, per chunk; a merged whole-model run keeps it only when asked (a timeline)
+    demand: dict[str, np.ndarray] = field(default_factory=dict)
     pairs: int = 1  # CIM/digital pairs; heads go to them round-robin (``pair_of``)
     results: dict[str, dict[str, Any]] = field(default_factory=dict)  # every block's own result() hook
     tech: dict[str, Any] = field(default_factory=dict)  # the technology table used (name, file, corner)

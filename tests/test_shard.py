@@ -57,6 +57,32 @@ def test_serial_processes_and_dask_give_the_same_report(dir_trace):
             np.testing.assert_array_equal(res.functional.chunks[key], col, err_msg=key)
 
 
+def test_a_merged_run_keeps_no_demand_table_unless_asked(dir_trace, paper_cfg):
+    """Memory: without a timeline the merged stats hold no whole-run demand table, the K/V rows fetched are the
+    layers' sums, and ``Result.demand`` rebuilds the table equal to the layers' own tables concatenated (what
+    a timeline run keeps) and to the driver's recomputation from parts that sent none."""
+    from soc.shard import run_layers
+
+    res = simulate(paper_cfg, dir_trace)
+    assert res.stats.demand == {}
+    shape, func = shape_of(dir_trace), res.functional
+    kept = run_layers(paper_cfg, shape, func.chunks, keep_demand=True)
+    parts = [System(paper_cfg, shape).run({k: v[rows] for k, v in func.chunks.items()}).portable()
+             for _, rows in layer_slices(func.chunks)]
+    recomputed = merge_stats(paper_cfg, shape, parts, func.chunks, keep_demand=True)
+    assert merge_stats(paper_cfg, shape, parts, func.chunks).demand == {}
+    assert len(res.demand["kv_fetch_rows"]) == len(func.chunks["layer"])
+    assert set(kept.demand) == set(res.demand) == set(recomputed.demand)
+    for key, col in res.demand.items():
+        np.testing.assert_array_equal(kept.demand[key], col, err_msg=key)
+        np.testing.assert_array_equal(recomputed.demand[key], col, err_msg=key)
+    assert res.stats.kv_rows_fetched == kept.kv_rows_fetched == float(res.demand["kv_fetch_rows"].sum()) > 0
+    timeline = simulate(paper_cfg, dir_trace, recorder=Recorder(MemorySink()))
+    assert set(timeline.stats.demand) == set(res.demand)
+    for key, col in res.demand.items():
+        np.testing.assert_array_equal(timeline.stats.demand[key], col, err_msg=key)
+
+
 def test_the_model_is_the_sum_of_independent_single_layer_runs(dir_trace):
     """Layer barrier: with no analog noise and one rule for all layers, each layer of the whole run prunes and
     times exactly as a one-layer trace of that layer alone; latency, events, bytes and busy times add."""
