@@ -167,3 +167,25 @@ def test_causal_row_blocks_give_the_whole_matrix_attention(offset):
     np.testing.assert_allclose(got.out_exact, out_exact, rtol=2e-6, atol=1e-7)
     np.testing.assert_allclose(got.out_pruned, out_pruned, rtol=2e-6, atol=1e-7)
     np.testing.assert_array_equal(got.exact_arg, np.where(valid, probs, -1).argmax(axis=-1))
+
+
+def test_keys_no_row_may_see_read_zero_probability():
+    """A causal trace whose last keys are past every query (query_offset + seq_q < seq_k): one row block that
+    stops before the last key; the buffer's stale contents there must not leak into the probabilities."""
+    from soc.attention.exact import AttentionWork, attention, row_blocks, valid_mask
+
+    rng = np.random.default_rng(11)
+    q, k, v = (rng.standard_normal((2, n, 8)).astype(np.float32) for n in (5, 20, 20))
+    valid = valid_mask(5, 20, True, 3)
+    assert row_blocks(valid) == [(0, 5, 8)]
+    keep = valid & (rng.random((2, 5, 20)) < 0.5)
+    keep[:, :, 0] = True
+    work = AttentionWork(2, 5, 20, valid)
+    work.logits[:] = np.nan  # stale buffer contents
+    work.pruned[:] = np.nan
+    got = work.attend(q, k, v, 0.5, keep)
+    out_exact, probs = attention(q, k, v, 0.5, True, 3)
+    out_pruned, _ = attention(q, k, v, 0.5, True, 3, keep=keep)
+    np.testing.assert_array_equal(got.probs_exact, probs)
+    np.testing.assert_array_equal(got.out_exact, out_exact)
+    np.testing.assert_array_equal(got.out_pruned, out_pruned)

@@ -181,9 +181,10 @@ class AttentionWork:
             if self.row_ends is not None:
                 for row in range(r0, r1):
                     x[:, row, self.row_ends[row]:end] = -np.inf
-                x[:, r0:r1, end:] = 0.0  # zero probability: never exponentiated
             elif self.invalid is not None:
                 np.copyto(xb, np.float32(-np.inf), where=self.invalid[r0:r1, :end])
+            if end < seq_k:
+                x[:, r0:r1, end:] = 0.0  # keys no row of the block may see: zero probability, never computed
             exact_arg[:, r0:r1] = xb.argmax(axis=-1)
             redo = saved = None
             if keep is not None:
