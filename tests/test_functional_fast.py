@@ -189,3 +189,28 @@ def test_keys_no_row_may_see_read_zero_probability():
     np.testing.assert_array_equal(got.probs_exact, probs)
     np.testing.assert_array_equal(got.out_exact, out_exact)
     np.testing.assert_array_equal(got.out_pruned, out_pruned)
+
+
+@pytest.mark.skipif(not __import__("pathlib").Path("/proc/self/status").exists(), reason="reads RssFile from /proc (Linux)")
+def test_a_done_layer_of_a_mapped_trace_leaves_the_rss(tmp_path):
+    """A memory-mapped trace array: after release_layer, the layer's pages no longer count in RssFile, the values
+    read again are the same, and another layer's pages are kept."""
+    from soc.attention.functional import release_layer
+
+    def rss_file_kb() -> int:
+        for line in open("/proc/self/status"):
+            if line.startswith("RssFile:"):
+                return int(line.split()[1])
+        raise AssertionError("no RssFile line")
+
+    data = np.random.default_rng(0).standard_normal((4, 2, 1024, 1024)).astype(np.float16)  # 4 MiB a layer
+    np.save(tmp_path / "q.npy", data)
+    q = np.load(tmp_path / "q.npy", mmap_mode="r")
+    total = [float(np.asarray(q[layer], np.float32).sum()) for layer in range(4)]  # every page touched
+    before = rss_file_kb()
+    release_layer(q, 1)
+    release_layer(q, 2)
+    after = rss_file_kb()
+    assert before - after >= 2 * 4096 * 0.9  # two layers of 4 MiB (in kB), page-rounded
+    assert [float(np.asarray(q[layer], np.float32).sum()) for layer in range(4)] == total
+    release_layer(np.zeros((2, 3)), 0)  # not mapped: nothing to do

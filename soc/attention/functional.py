@@ -10,7 +10,9 @@ With zero noise no random number is drawn, so the seed has no effect.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import mmap
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -123,6 +125,21 @@ def _layer32(arr: np.ndarray, layer: int, name: str) -> np.ndarray:
     if not np.isfinite(out).all():
         raise TraceError(f"{name}: expected finite values, found NaN or inf in layer {layer}")
     return out
+
+
+def release_layer(arr: np.ndarray, layer: int) -> None:
+    """Give back the mapped pages of ``arr[layer]`` once the pass is done with that layer (a memory-mapped trace
+    array; anything else is left alone). The pages stay in the kernel's page cache and are read again if touched,
+    but no longer count in this process's RSS: without this a whole-model replay's RSS grows by the trace's
+    size, a layer at a time."""
+    mm = getattr(arr, "_mmap", None)
+    if not isinstance(arr, np.memmap) or not isinstance(mm, mmap.mmap) or not hasattr(mmap, "MADV_DONTNEED") \
+            or arr.ndim < 1 or not arr.flags.c_contiguous:
+        return
+    begin = arr.offset % mmap.ALLOCATIONGRANULARITY + layer * arr.strides[0]  # where np.memmap put the data
+    start = begin - begin % mmap.PAGESIZE
+    with contextlib.suppress(OSError, ValueError):
+        mm.madvise(mmap.MADV_DONTNEED, start, min(begin + arr.strides[0], len(mm)) - start)
 
 
 def _calibrate(rule: LayerRule, q_l: np.ndarray, k_l: np.ndarray, valid: np.ndarray, pruning: PruningSpec,
@@ -280,6 +297,8 @@ def run_functional(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, scale: float,
             per_layer.append(info)
             if masks is not None:
                 masks.append(layer_mask)
+            for arr in (q, k, v, *(calibration or ())):
+                release_layer(arr, layer)
             bar.advance()
 
     for info, summary in zip(per_layer, tally.per_layer()):
