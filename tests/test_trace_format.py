@@ -393,3 +393,27 @@ def test_mapped_load_scans_through_the_file_without_faulting_the_mapping_in(tmp_
     with pytest.raises(TraceError, match=r"q: non-finite value inf at \[layer, head, position, dim\] = "
                                          r"\[0, 3, 4095, 1023\]"):
         load_trace(save_trace_unchecked, mmap=True)
+
+
+def test_a_worker_skips_the_value_scan_and_the_functional_pass_still_refuses_the_layer(tmp_path):
+    """scan_values=False (a sharded run's workers: the driver scanned the files) opens a mapped directory trace
+    without reading its values; a non-finite value is then refused by the functional pass, naming its layer."""
+    from soc.attention.functional import run_functional
+    from soc.attention.spec import LayerRule, PruningSpec
+
+    q, k, v = _arrays(np.float16)
+    k[1, 0, 5, 3] = np.nan
+    path = tmp_path / "tdir"
+    path.mkdir()
+    for name, arr in (("q", q), ("k", k), ("v", v)):
+        np.save(path / f"{name}.npy", arr)
+    (path / "meta.json").write_text(json.dumps(_meta()))
+    with pytest.raises(TraceError, match=r"k: non-finite value nan at \[layer, head, position, dim\] = \[1, 0, 5, 3\]"):
+        load_trace(path, mmap=True)
+    trace = load_trace(path, mmap=True, scan_values=False)
+    np.testing.assert_array_equal(trace.k[0], k[0])
+    spec = PruningSpec(LayerRule("threshold", target_kept_fraction=0.5))
+    run_functional(trace.q, trace.k, trace.v, scale=0.5, causal=True, pruning=spec, q_tile=4, k_tile=4,
+                   layers=[0])  # layer 0 is clean
+    with pytest.raises(TraceError, match="k: expected finite values, found NaN or inf in layer 1"):
+        run_functional(trace.q, trace.k, trace.v, scale=0.5, causal=True, pruning=spec, q_tile=4, k_tile=4)

@@ -224,8 +224,9 @@ _MAX_DEFLATE_RATIO = 20
 _DEFLATE_SMALL = 64 * 2**20
 
 
-def _open_npz(path: Path, *, read: bool, mmap: bool, max_bytes: float, scanned: set[str] | None = None
-              ) -> tuple[TraceMeta, dict[str, Any]]:
+def _open_npz(path: Path, *, read: bool, mmap: bool, max_bytes: float, scanned: set[str] | None = None,
+              scan_values: bool = True) -> tuple[TraceMeta, dict[str, Any]]:
+    # a zip member's CRC-32 is checked in the same pass as its values: scan_values does not apply
     where = one_line(path, PATH_CHARS)
     try:
         with zipfile.ZipFile(path) as zf:
@@ -279,8 +280,8 @@ def _open_npz(path: Path, *, read: bool, mmap: bool, max_bytes: float, scanned: 
                          "corrupt?)") from None
 
 
-def _open_dir(path: Path, *, read: bool, mmap: bool, max_bytes: float, scanned: set[str] | None = None
-              ) -> tuple[TraceMeta, dict[str, Any]]:
+def _open_dir(path: Path, *, read: bool, mmap: bool, max_bytes: float, scanned: set[str] | None = None,
+              scan_values: bool = True) -> tuple[TraceMeta, dict[str, Any]]:
     where = one_line(path, PATH_CHARS)
     for fname in sorted(_DIR_FILES):
         member = path / fname
@@ -305,8 +306,9 @@ def _open_dir(path: Path, *, read: bool, mmap: bool, max_bytes: float, scanned: 
             return meta, headers
         if mmap:
             for name in ARRAYS:
-                with open(path / f"{name}.npy", "rb") as raw:
-                    _scan(raw, 0, (path / f"{name}.npy").stat().st_size, headers[name], where, name)
+                if scan_values:  # else scanned by whoever handed the trace over
+                    with open(path / f"{name}.npy", "rb") as raw:
+                        _scan(raw, 0, (path / f"{name}.npy").stat().st_size, headers[name], where, name)
                 if scanned is not None:
                     scanned.add(name)
         arrays = {n: np.load(path / f"{n}.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
@@ -335,14 +337,18 @@ def _open(path: str | os.PathLike[str], **kwargs: Any) -> tuple[Path, TraceMeta,
     return p, meta, arrays
 
 
-def load_trace(path: str | os.PathLike[str], *, mmap: bool = False, max_bytes: int = 8 * 2**30) -> Trace:
+def load_trace(path: str | os.PathLike[str], *, mmap: bool = False, max_bytes: int = 8 * 2**30,
+               scan_values: bool = True) -> Trace:
     """Load and validate a trace (every check in the module docstring, then a NaN/Inf scan of all values).
 
     ``mmap=True`` memory-maps the arrays (read-only) of a directory trace or of an uncompressed .npz; a
     compressed .npz is read into memory. ``max_bytes`` bounds the q/k/v bytes read into memory (mapped arrays
-    do not count) and is enforced from the headers, before anything is allocated."""
+    do not count) and is enforced from the headers, before anything is allocated. ``scan_values=False`` skips
+    the scan of a mapped directory trace's values (a sharded run's workers: the driver scanned the same files;
+    the functional pass still refuses a non-finite layer)."""
     scanned: set[str] = set()
-    p, meta, arrays = _open(path, read=True, mmap=mmap, max_bytes=max_bytes, scanned=scanned)
+    p, meta, arrays = _open(path, read=True, mmap=mmap, max_bytes=max_bytes, scanned=scanned,
+                            scan_values=scan_values)
     check_arrays(arrays, meta, one_line(p, PATH_CHARS), finite=False)
     for name in ARRAYS:
         if name not in scanned:  # arrays read into memory; mapped ones were scanned while read from disk
