@@ -71,14 +71,18 @@ def simpy_pipeline(tiles_per_pair: list[int], depth: int = 8) -> tuple[float, in
     return time.process_time() - t0, int(next(env._eid))  # SimPy numbers every scheduled event
 
 
+def _layer_qkv(q: np.ndarray, k: np.ndarray, v: np.ndarray, layer: int) -> tuple[np.ndarray, ...]:
+    """Layer ``layer``'s Q, K, V in float32, K and V repeated for the query heads that share them."""
+    group = q.shape[1] // k.shape[1]
+    return (np.asarray(q[layer], dtype=np.float32),
+            *(np.repeat(np.asarray(x[layer], dtype=np.float32), group, axis=0) for x in (k, v)))
+
+
 def dense_attention_s(q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool) -> float:
     """CPU seconds of plain numpy dense attention (Q.K^T, softmax, P.V in float32) over every layer."""
     t0 = time.process_time()
-    heads, kv_heads = q.shape[1], k.shape[1]
     for layer in range(q.shape[0]):
-        ql = np.asarray(q[layer], dtype=np.float32)
-        kl = np.repeat(np.asarray(k[layer], dtype=np.float32), heads // kv_heads, axis=0)
-        vl = np.repeat(np.asarray(v[layer], dtype=np.float32), heads // kv_heads, axis=0)
+        ql, kl, vl = _layer_qkv(q, k, v, layer)
         s = ql @ kl.transpose(0, 2, 1) / np.float32(np.sqrt(ql.shape[-1]))
         if causal:
             s[:, np.triu(np.ones(s.shape[1:], dtype=bool), 1)] = -np.inf
@@ -92,13 +96,10 @@ def dense_attention_s(q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool)
 def pass_products_s(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> float:
     """CPU seconds of the four matrix products the functional pass cannot avoid, over every layer: the array's
     Q.K^T (on codes), the exact Q.K^T, and P.V for the exact and for the pruned softmax (float32, whole
-    matrices). Context for the functional target: this part alone is twice the dense floor's products."""
+    matrices). Context for the functional target: twice the dense floor's two products."""
     t0 = time.process_time()
-    heads, kv_heads = q.shape[1], k.shape[1]
     for layer in range(q.shape[0]):
-        ql = np.asarray(q[layer], dtype=np.float32)
-        kl = np.repeat(np.asarray(k[layer], dtype=np.float32), heads // kv_heads, axis=0)
-        vl = np.repeat(np.asarray(v[layer], dtype=np.float32), heads // kv_heads, axis=0)
+        ql, kl, vl = _layer_qkv(q, k, v, layer)
         for _ in range(2):
             s = ql @ kl.transpose(0, 2, 1)
             _ = s @ vl
