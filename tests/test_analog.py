@@ -190,3 +190,15 @@ def test_noise_draw_is_normal_and_independent_of_the_blocks():
     for r0, r1, end in blocks:
         outside[r0:r1, :end] = False
     assert outside.sum() > 0.3 * outside.size and np.all(part.scores[:, outside] == -np.inf)
+
+
+def test_one_block_short_of_the_last_key_reads_minus_inf_beyond_it():
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal((2, 5, 16)).astype(np.float32)
+    k = rng.standard_normal((2, 20, 16)).astype(np.float32)
+    quant = CimQuantSpec(noise_fraction_fs=0.01, gain_sigma_fraction=0.01)
+    gens = lambda: [np.random.default_rng([2, h]) for h in range(2)]  # noqa: E731
+    full = approx_scores(q, k, quant, 1.0, head_rngs=gens())
+    part = approx_scores(q, k, quant, 1.0, head_rngs=gens(), blocks=[(0, 5, 8)])
+    np.testing.assert_array_equal(part.scores[:, :, :8], full.scores[:, :, :8])
+    assert np.all(part.scores[:, :, 8:] == -np.inf)

@@ -14,9 +14,9 @@ fixed pattern drawn once from ``quant.chip_seed``: per comparator column (one st
 the keys the array holds) a gain error from capacitor mismatch and an offset of the column's comparator. Each
 evaluation adds thermal noise (2**16 equiprobable normal levels, :func:`noise_codes`); its sigma combines
 ``noise_sigma_lsb`` and ``noise_fraction_fs`` x full scale in quadrature. Full scale is the largest |dot
-product| the array can produce: ``head_dim * 2**(query_bits-1) * 2**(key_bits-1)`` LSB. Multiplying by the units of Q and K and by the
-softmax scale expresses the result in softmax-logit units, so thresholds and margins compare directly with
-exact logits.
+product| the array can produce: ``head_dim * 2**(query_bits-1) * 2**(key_bits-1)`` LSB. Multiplying by the
+units of Q and K and by the softmax scale expresses the result in softmax-logit units, so thresholds and
+margins compare directly with exact logits.
 
 The dot products run as a float32 matmul on integer-valued arrays (centre codes are scaled to integers by a
 power of two): exact while |sum| < 2**24, and ~40x faster than numpy's integer matmul. With a fixed pattern,
@@ -167,9 +167,9 @@ def approx_scores(q: np.ndarray, k: np.ndarray, quant: CimQuantSpec, scale: floa
     in head order) or from ``head_rngs[h]`` for head h (so the draw does not depend on how heads are batched).
     With zero noise no random number is drawn. ``cores`` gives the CIM core of each head (default all core 0;
     see :func:`head_cores`) and ``key_offset`` the position of k's first key, which fix each key's comparator
-    column: score = lsb x ((1 + gain[col]) x dot + offset[col] + noise). ``blocks`` (first row, end row, keys),
-    from :func:`~soc.attention.exact.row_blocks`: compute only the pairs inside them (the others, invalid, read -inf);
-    the noise of a pair is the same with or without blocks.
+    column: score = lsb x ((1 + gain[col]) x dot + offset[col] + noise). ``blocks`` (first row, end row,
+    keys), from :func:`~soc.attention.exact.row_blocks`: compute only the pairs inside them (the others,
+    invalid, read -inf); the noise of a pair is the same with or without blocks.
     """
     heads, seq_q, head_dim = q.shape
     seq_k = k.shape[1]
@@ -195,7 +195,7 @@ def approx_scores(q: np.ndarray, k: np.ndarray, quant: CimQuantSpec, scale: floa
             np.multiply(k_code_h[h], (gain_row * (unit * lsb[h]))[:, None], out=k_eff[h, :, :head_dim])
             k_eff[h, :, head_dim] = offset_row * lsb[h]
     blocks = [(0, seq_q, seq_k)] if blocks is None else list(blocks)
-    if len(blocks) == 1:
+    if blocks == [(0, seq_q, seq_k)]:
         dots = np.matmul(q_eff, k_eff.transpose(0, 2, 1))
     else:
         dots = np.empty((heads, seq_q, seq_k), np.float32)
