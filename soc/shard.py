@@ -13,10 +13,10 @@ Because layers are independent, they can run anywhere: ``simulate(..., workers=N
 and statistics (no trace array is pickled). The serial run merges the same per-layer pieces in the same order,
 so its report is identical to a sharded one by construction (``sim`` aside).
 
-Memory. A layer's demand table (~1 KB a tile) lives only through its own timing run: the merge adds the
-layers' sums (K/V rows fetched, lookups) and keeps no whole-run table unless something will read it per tile
-(a timeline, or a caller's ``keep_demand``). So a whole-model replay's peak is one layer's timing table, not
-the model's (``Result.demand`` rebuilds the whole table on first use, for the few callers that want it).
+Memory. A layer's demand table (~0.2 KB a tile, measured) lives only through its own timing run: the merge
+adds the layers' sums (K/V rows fetched, lookups) and keeps no whole-run table unless something will read it
+per tile (a timeline, or a caller's ``keep_demand``). So a whole-model replay's peak is one layer's timing
+table, not the model's (``Result.demand`` rebuilds the whole table on first use, for the few callers that want it).
 """
 
 from __future__ import annotations

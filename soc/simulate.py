@@ -57,7 +57,7 @@ class Result:
     @cached_property
     def demand(self) -> dict[str, np.ndarray]:
         """The run's demand table, per chunk (``System.timing_table`` of the whole chunk table). A run with a
-        timeline carries it in ``stats.demand``; any other keeps no whole-run table (it would be ~1 KB a tile:
+        timeline carries it in ``stats.demand``; any other keeps no whole-run table (it would be ~0.2 KB a tile:
         gigabytes for a long model), so it is computed here on first use, from the functional pass's chunks
         (the same table: each layer's is its own rows'). Empty when the timing run did not finish."""
         if self.stats is None:

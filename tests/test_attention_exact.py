@@ -189,3 +189,15 @@ def test_attention_work_equals_two_masked_softmaxes_bit_for_bit(rng, mask):
         want = weighted_sum(softmax_masked(logits, kept), v) if kept is not None else weighted_sum(probs, v)
         assert got.out_pruned.tobytes() == want.tobytes()
         np.testing.assert_array_equal(got.exact_arg, np.where(valid, logits, -np.inf).argmax(-1))
+
+
+def test_mask_memo_remembers_read_only_masks_only():
+    from soc.attention.exact import row_blocks, valid_mask
+
+    ro = valid_mask(600, 600, True)
+    assert row_blocks(ro) is row_blocks(ro)                      # asked once per head: computed once
+    rw = valid_mask(600, 600, True).copy()
+    first = row_blocks(rw)
+    assert len(first) == 3
+    rw[:] = True                                                 # same array, new contents: not a stale answer
+    assert row_blocks(rw) == [(0, 600, 600)]

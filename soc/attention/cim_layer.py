@@ -62,8 +62,9 @@ def prune_layer(q: np.ndarray, k: np.ndarray, valid: np.ndarray, rule: LayerRule
     if rule.rule == "none":
         return PrunedLayer(np.broadcast_to(valid, (heads, *valid.shape)).copy(), None, np.zeros(heads))
     if scores is None:
+        blocks = row_blocks(valid) if valid.ndim == 2 else None
         scores = cim_scores(q, k, quant, scale, seed=seed, layer=layer, first_head=first_head,
-                            layer_heads=layer_heads, kv_heads=kv_heads, blocks=row_blocks(valid) if valid.ndim == 2 else None)
+                            layer_heads=layer_heads, kv_heads=kv_heads, blocks=blocks)
     approx, lsb = scores
     if rule.rule == "threshold" and thresholds is None:
         thresholds = fixed_thresholds(rule, heads)

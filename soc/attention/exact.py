@@ -47,27 +47,48 @@ def valid_mask(seq_q: int, seq_k: int, causal: bool, query_offset: int = 0) -> n
     return mask
 
 
+class MaskMemo:
+    """A one-entry memo of what is derived from validity masks: a run asks the same masks once per head. The
+    masks are matched by identity, so only read-only ones are remembered (``valid_mask``'s are; a writable
+    array's contents could change under the same identity); ``key`` holds the plain arguments."""
+
+    __slots__ = ("_masks", "_key", "_value")
+
+    def __init__(self) -> None:
+        self._masks: tuple[np.ndarray, ...] = ()
+        self._key: object = None
+        self._value: object = None
+
+    def get(self, masks: tuple[np.ndarray, ...], key: object, compute):
+        if len(masks) == len(self._masks) and all(a is b for a, b in zip(masks, self._masks)) \
+                and key == self._key:
+            return self._value
+        value = compute()
+        if not any(m.flags.writeable for m in masks):
+            self._masks, self._key, self._value = masks, key, value
+        return value
+
+
 #: Rows per block of a causal head (a block computes only the keys its last row may see: ~half the work).
 CAUSAL_BLOCK_ROWS = 256
 
-_blocks_of: list = [None, None]  # the last validity seen and its blocks (one run asks the same mask per head)
+_BLOCKS = MaskMemo()
 
 
 def row_blocks(valid: np.ndarray) -> list[tuple[int, int, int]]:
     """(first row, end row, keys) blocks covering a (Sq, Sk) score matrix: one block of every key, unless each
     row's validity is a prefix (causal), then blocks of :data:`CAUSAL_BLOCK_ROWS` rows, each reaching the last
     key its rows may see. Pairs outside the blocks are invalid."""
-    if _blocks_of[0] is valid:  # cached by identity for read-only masks only (valid_mask's are)
-        return _blocks_of[1]
+    return _BLOCKS.get((valid,), None, lambda: _row_blocks(valid))
+
+
+def _row_blocks(valid: np.ndarray) -> list[tuple[int, int, int]]:
     seq_q, seq_k = valid.shape
     n_valid = valid.sum(axis=-1)
-    blocks = [(0, seq_q, seq_k)]
     if not valid.all() and np.array_equal(valid, np.arange(seq_k)[None, :] < n_valid[:, None]):
-        blocks = [(r0, min(r0 + CAUSAL_BLOCK_ROWS, seq_q), int(n_valid[r0:r0 + CAUSAL_BLOCK_ROWS].max()))
-                  for r0 in range(0, seq_q, CAUSAL_BLOCK_ROWS)]
-    if not valid.flags.writeable:
-        _blocks_of[:] = [valid, blocks]
-    return blocks
+        return [(r0, min(r0 + CAUSAL_BLOCK_ROWS, seq_q), int(n_valid[r0:r0 + CAUSAL_BLOCK_ROWS].max()))
+                for r0 in range(0, seq_q, CAUSAL_BLOCK_ROWS)]
+    return [(0, seq_q, seq_k)]
 
 
 def scores(q: np.ndarray, k: np.ndarray, scale: float) -> np.ndarray:

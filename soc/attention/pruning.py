@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from soc.attention.exact import row_blocks
+from soc.attention.exact import MaskMemo, row_blocks
 from soc.attention.spec import LayerRule, SpecError
 
 
@@ -135,21 +135,16 @@ def _set_quantile(x: np.ndarray, valid: np.ndarray | None, target: float,
     return float(quantile_threshold(vals[None, :], target)[0])
 
 
-# the last (validity, forced pairs) and their free pairs: asked once per head. Keyed by the arrays themselves (as
-# the row blocks and forced keys), so only read-only masks are cached: valid_mask's and forced_keys' are.
-_free_of: list = [None, None, None]
+_FREE = MaskMemo()
 
 
 def _free_pairs(valid: np.ndarray, forced: np.ndarray) -> tuple[np.ndarray, int, int]:
     """The valid pairs a comparator decides (valid and not forced), and the counts of valid and free pairs."""
-    if _free_of[0] is valid and _free_of[1] is forced:
-        return _free_of[2]
-    free = valid & ~forced
-    free.setflags(write=False)
-    out = (free, int(np.count_nonzero(valid)), int(np.count_nonzero(free)))
-    if not (valid.flags.writeable or forced.flags.writeable):
-        _free_of[:] = [valid, forced, out]
-    return out
+    def compute() -> tuple[np.ndarray, int, int]:
+        free = valid & ~forced
+        free.setflags(write=False)
+        return free, int(np.count_nonzero(valid)), int(np.count_nonzero(free))
+    return _FREE.get((valid, forced), None, compute)
 
 
 def calibrate_thresholds(approx: np.ndarray, valid: np.ndarray, target_kept_fraction: float,
@@ -217,7 +212,7 @@ def _topk_mask(approx: np.ndarray, valid: np.ndarray, rule: LayerRule) -> np.nda
     return keep
 
 
-_forced_of: list = [None, None, None]  # the last validity, its key and its forced pairs (asked once per head)
+_FORCED = MaskMemo()
 
 
 def forced_keys(valid: np.ndarray, rule: LayerRule, query_offset: int | None = None) -> np.ndarray | None:
@@ -226,19 +221,17 @@ def forced_keys(valid: np.ndarray, rule: LayerRule, query_offset: int | None = N
     queries are the last rows, offset = seq_k - seq_q). None when the rule forces nothing. Read-only."""
     if not (rule.keep_sink_tokens or rule.keep_recent_tokens) or rule.rule == "none":
         return None
-    key_of = (rule.keep_sink_tokens, rule.keep_recent_tokens, query_offset)
-    if _forced_of[0] is valid and _forced_of[1] == key_of:
-        return _forced_of[2]
-    seq_q, seq_k = valid.shape[-2:]
-    offset = seq_k - seq_q if query_offset is None else query_offset
-    own = np.arange(seq_q)[:, None] + offset
-    key = np.arange(seq_k)[None, :]
-    forced = (key < rule.keep_sink_tokens) | ((own - key >= 0) & (own - key < rule.keep_recent_tokens))
-    forced &= valid if valid.ndim == 2 else valid.all(axis=0)
-    forced.setflags(write=False)
-    if not valid.flags.writeable:  # cached by identity for read-only masks only (valid_mask's are)
-        _forced_of[:] = [valid, key_of, forced]
-    return forced
+
+    def compute() -> np.ndarray:
+        seq_q, seq_k = valid.shape[-2:]
+        offset = seq_k - seq_q if query_offset is None else query_offset
+        own = np.arange(seq_q)[:, None] + offset
+        key = np.arange(seq_k)[None, :]
+        forced = (key < rule.keep_sink_tokens) | ((own - key >= 0) & (own - key < rule.keep_recent_tokens))
+        forced &= valid if valid.ndim == 2 else valid.all(axis=0)
+        forced.setflags(write=False)
+        return forced
+    return _FORCED.get((valid,), (rule.keep_sink_tokens, rule.keep_recent_tokens, query_offset), compute)
 
 
 def prune_mask(approx: np.ndarray, valid: np.ndarray, rule: LayerRule,
