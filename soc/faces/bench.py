@@ -266,7 +266,7 @@ def format_bench(r: dict[str, Any]) -> str:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from soc import progress
-    from soc.io import write_json
+    from soc.io import write_json, write_text
 
     with progress.shown(not getattr(args, "quiet", False)):
         r = run_bench(repeats=args.repeats, quick=args.quick, config=args.config, workload=args.workload,
@@ -277,7 +277,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         write_json(out, r)
-        out.with_suffix(".txt").write_text(text + "\n")
+        write_text(out.with_suffix(".txt"), text + "\n")
         print(f"  wrote      {out} and {out.with_suffix('.txt')}")
     return 0
 

@@ -61,7 +61,9 @@ def refresh(readme: Path) -> bool:
     new = _between(text, BEGIN, END, parameter_table(), readme)
     new = _between(new, TOUR_BEGIN, TOUR_END, tour_text(), readme)
     if new != text:
-        readme.write_text(new, encoding="utf-8")
+        from soc.io import write_text
+
+        write_text(readme, new)
         return True
     return False
 
