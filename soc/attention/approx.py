@@ -33,7 +33,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from soc.attention.exact import kv_for_heads
+from soc.attention.exact import Scratch, kv_for_heads, scratch_array
 from soc.attention.spec import ROUNDINGS, CimQuantSpec
 from soc.rules import pair_of_kv_head
 
@@ -160,7 +160,8 @@ def _pattern_rows(quant: CimQuantSpec, head_dim: int, cores: Sequence[int], seq_
 def approx_scores(q: np.ndarray, k: np.ndarray, quant: CimQuantSpec, scale: float,
                   rng: np.random.Generator | None = None, *, head_rngs: list | None = None,
                   cores: Sequence[int] | None = None, key_offset: int = 0,
-                  blocks: Sequence[tuple[int, int, int]] | None = None) -> ApproxScores:
+                  blocks: Sequence[tuple[int, int, int]] | None = None,
+                  scratch: Scratch | None = None) -> ApproxScores:
     """Approximate logits of one layer: q (H, Sq, D), k (KV, Sk, D) -> ApproxScores((H, Sq, Sk), (H,)).
 
     Thermal noise (when its sigma is > 0, see :func:`noise_codes`) is drawn from ``rng`` (one draw per head,
@@ -169,7 +170,8 @@ def approx_scores(q: np.ndarray, k: np.ndarray, quant: CimQuantSpec, scale: floa
     see :func:`head_cores`) and ``key_offset`` the position of k's first key, which fix each key's comparator
     column: score = lsb x ((1 + gain[col]) x dot + offset[col] + noise). ``blocks`` (first row, end row,
     keys), from :func:`~soc.attention.exact.row_blocks`: compute only the pairs inside them (the others,
-    invalid, read -inf); the noise of a pair is the same with or without blocks.
+    invalid, read -inf); the noise of a pair is the same with or without blocks. With a ``scratch``, the
+    scores are its buffer ``"approx"`` (valid until the next call with that scratch).
     """
     heads, seq_q, head_dim = q.shape
     seq_k = k.shape[1]
@@ -195,10 +197,10 @@ def approx_scores(q: np.ndarray, k: np.ndarray, quant: CimQuantSpec, scale: floa
             np.multiply(k_code_h[h], (gain_row * (unit * lsb[h]))[:, None], out=k_eff[h, :, :head_dim])
             k_eff[h, :, head_dim] = offset_row * lsb[h]
     blocks = [(0, seq_q, seq_k)] if blocks is None else list(blocks)
+    dots = scratch_array(scratch, "approx", (heads, seq_q, seq_k), np.float32)
     if blocks == [(0, seq_q, seq_k)]:
-        dots = np.matmul(q_eff, k_eff.transpose(0, 2, 1))
+        np.matmul(q_eff, k_eff.transpose(0, 2, 1), out=dots)
     else:
-        dots = np.empty((heads, seq_q, seq_k), np.float32)
         for r0, r1, end in blocks:
             np.matmul(q_eff[:, r0:r1], k_eff[:, :end].transpose(0, 2, 1), out=dots[:, r0:r1, :end])
             dots[:, r0:r1, end:] = -np.inf
@@ -224,7 +226,7 @@ def approx_scores(q: np.ndarray, k: np.ndarray, quant: CimQuantSpec, scale: floa
             if pattern is None:
                 d *= unit * lsb[h]
             if gens is not None:
-                noise = np.empty((r1 - r0, end), np.float32)
-                np.take(levels, idx[r0:r1, :end], out=noise, mode="clip")
+                noise = scratch_array(scratch, "noise", (r1 - r0, end), np.float32)
+                np.take(levels, idx[r0:r1, :end], out=noise, mode="wrap")  # 16-bit codes: always in range
                 d += noise
     return ApproxScores(dots, score_lsb)

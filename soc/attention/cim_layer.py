@@ -13,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 
 from soc.attention.approx import ApproxScores, approx_scores, head_cores
-from soc.attention.exact import row_blocks
+from soc.attention.exact import Scratch, row_blocks
 from soc.attention.pruning import calibrate_thresholds, fixed_thresholds, forced_keys, prune_mask
 from soc.attention.spec import CimQuantSpec, LayerRule
 
@@ -25,16 +25,17 @@ def head_rngs(seed: int, stream: int, layer: int, h0: int, h1: int) -> list[np.r
 
 def cim_scores(q: np.ndarray, k: np.ndarray, quant: CimQuantSpec, scale: float, *, seed: int, layer: int,
                first_head: int = 0, stream: int = 0, layer_heads: int | None = None,
-               kv_heads: int | None = None, blocks=None) -> ApproxScores:
+               kv_heads: int | None = None, blocks=None, scratch: Scratch | None = None) -> ApproxScores:
     """The array's approximate logits of query heads [first_head, first_head + H) of ``layer``:
     q (H, Sq, D), k (H or KV, Sk, D) already matched to those heads. ``layer_heads`` and ``kv_heads`` (default:
     the H heads given, one KV head each) place each head on the CIM core whose fixed pattern it sees.
-    ``blocks``: compute only those pairs (:func:`soc.attention.exact.row_blocks`; the others read -inf)."""
+    ``blocks``: compute only those pairs (:func:`soc.attention.exact.row_blocks`; the others read -inf).
+    ``scratch``: see :func:`~soc.attention.approx.approx_scores`."""
     heads = q.shape[0]
     layer_heads = layer_heads or first_head + heads
     cores = head_cores(layer, layer_heads, first_head, first_head + heads, quant.cores, kv_heads)
     return approx_scores(q, k, quant, scale, head_rngs=head_rngs(seed, stream, layer, first_head, first_head + heads),
-                         cores=cores, blocks=blocks)
+                         cores=cores, blocks=blocks, scratch=scratch)
 
 
 class PrunedLayer(NamedTuple):
@@ -49,7 +50,8 @@ class PrunedLayer(NamedTuple):
 def prune_layer(q: np.ndarray, k: np.ndarray, valid: np.ndarray, rule: LayerRule, *, quant: CimQuantSpec,
                 scale: float, seed: int, layer: int, first_head: int = 0, thresholds: np.ndarray | None = None,
                 query_offset: int | None = None, scores: ApproxScores | None = None,
-                layer_heads: int | None = None, kv_heads: int | None = None) -> PrunedLayer:
+                layer_heads: int | None = None, kv_heads: int | None = None,
+                scratch: Scratch | None = None) -> PrunedLayer:
     """Which pairs of one layer (or of heads [first_head, first_head + H) of it) survive ``rule``.
 
     q (H, Sq, D), k (H or KV, Sk, D), valid (Sq, Sk). A calibrated threshold rule
@@ -57,6 +59,8 @@ def prune_layer(q: np.ndarray, k: np.ndarray, valid: np.ndarray, rule: LayerRule
     ``scores`` reuses the array's scores of an earlier call on the same q and k (a calibration sweep).
     ``rule.rule == 'none'`` keeps every valid pair and scores nothing. A calibrated threshold counts the
     always-kept sink and recent keys in its target. ``layer_heads``/``kv_heads``: see :func:`cim_scores`.
+    With a ``scratch`` (:class:`~soc.attention.exact.Scratch`) the scores and the mask live in its buffers and
+    are valid until the next call with it.
     """
     heads = q.shape[0]
     if rule.rule == "none":
@@ -64,13 +68,13 @@ def prune_layer(q: np.ndarray, k: np.ndarray, valid: np.ndarray, rule: LayerRule
     if scores is None:
         blocks = row_blocks(valid) if valid.ndim == 2 else None
         scores = cim_scores(q, k, quant, scale, seed=seed, layer=layer, first_head=first_head,
-                            layer_heads=layer_heads, kv_heads=kv_heads, blocks=blocks)
+                            layer_heads=layer_heads, kv_heads=kv_heads, blocks=blocks, scratch=scratch)
     approx, lsb = scores
     if rule.rule == "threshold" and thresholds is None:
         thresholds = fixed_thresholds(rule, heads)
         if thresholds is None:
             thresholds = calibrate_thresholds(approx, valid, float(rule.target_kept_fraction), rule.granularity,
-                                              forced_keys(valid, rule, query_offset))
+                                              forced_keys(valid, rule, query_offset), scratch=scratch)
     keep = prune_mask(approx, valid, rule, thresholds if rule.rule == "threshold" else None,
-                      query_offset=query_offset)
+                      query_offset=query_offset, scratch=scratch)
     return PrunedLayer(keep, thresholds if rule.rule == "threshold" else None, np.asarray(lsb))

@@ -69,10 +69,40 @@ class MaskMemo:
         return value
 
 
+class Scratch:
+    """Named buffers kept from one head slice to the next. A fresh large array costs its page faults at every
+    use (a 64 MB score matrix: ~16,000 of them); a buffer that is reused faults once per run."""
+
+    __slots__ = ("_buffers",)
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+        """An uninitialised C-contiguous array of ``shape``, the same memory as the last ``get(name)`` when it
+        fits (whoever asked for ``name`` before must be done with it)."""
+        size = int(np.prod(shape))
+        buf = self._buffers.get(name)
+        if buf is None or buf.size < size or buf.dtype != np.dtype(dtype):
+            buf = self._buffers[name] = np.empty(size, dtype)
+        return buf[:size].reshape(shape)
+
+
+def scratch_array(scratch: Scratch | None, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """``scratch.get(name, shape, dtype)``, or a fresh array without a scratch."""
+    return np.empty(shape, dtype) if scratch is None else scratch.get(name, shape, dtype)
+
+
 #: Rows per block of a causal head (a block computes only the keys its last row may see: ~half the work).
 CAUSAL_BLOCK_ROWS = 256
 
 _BLOCKS = MaskMemo()
+_ALL = MaskMemo()
+
+
+def all_valid(valid: np.ndarray) -> bool:
+    """Is every pair valid (so that ANDing a mask with ``valid`` changes nothing)? Once per read-only mask."""
+    return _ALL.get((valid,), None, lambda: bool(valid.all()))
 
 
 def row_blocks(valid: np.ndarray) -> list[tuple[int, int, int]]:
@@ -173,6 +203,7 @@ class AttentionWork:
     def __init__(self, heads: int, seq_q: int, seq_k: int, valid: np.ndarray) -> None:
         self.logits = np.empty((heads, seq_q, seq_k), np.float32)
         self.pruned = np.empty((heads, seq_q, seq_k), np.float32)
+        self.scratch = Scratch()  # the scoring and pruning steps' buffers, kept across head slices
         self.valid = valid
         self.invalid = None if valid.all() else ~valid  # None: every pair is valid
         self.blocks = row_blocks(valid)
@@ -206,14 +237,16 @@ class AttentionWork:
                 np.copyto(xb, np.float32(-np.inf), where=self.invalid[r0:r1, :end])
             if end < seq_k:
                 x[:, r0:r1, end:] = 0.0  # keys no row of the block may see: zero probability, never computed
-            exact_arg[:, r0:r1] = xb.argmax(axis=-1)
+            arg = exact_arg[:, r0:r1, None]
+            arg[...] = xb.argmax(axis=-1)[..., None]
+            row_max = np.take_along_axis(xb, arg, axis=-1)  # the max itself, without a second pass
             redo = saved = None
             if keep is not None:
                 kb = keep[:, r0:r1, :end]
-                hit = np.take_along_axis(kb, exact_arg[:, r0:r1, None], axis=-1)[..., 0]
+                hit = np.take_along_axis(kb, arg, axis=-1)[..., 0]
                 redo = np.nonzero(~hit)  # (heads, rows) of the rows whose exact argmax key was pruned
                 saved = xb[redo]
-            _exp_shifted(xb)
+            _exp_shifted(xb, row_max)
             if keep is None:
                 _normalize(xb)
                 out_exact[:, r0:r1] = weighted_sum(xb, v32[:, :end])
@@ -224,8 +257,6 @@ class AttentionWork:
                 rows = np.where(kb[redo], saved, np.float32(-np.inf))
                 _exp_shifted(rows)
                 pb[redo] = rows
-            if end < seq_k:
-                p[:, r0:r1, end:] = 0.0
             _normalize(pb)
             _normalize(xb)
             out_exact[:, r0:r1] = weighted_sum(xb, v32[:, :end])
@@ -233,9 +264,11 @@ class AttentionWork:
         return PairOutputs(x, out_exact, out_pruned, exact_arg)
 
 
-def _exp_shifted(x: np.ndarray) -> None:
-    """x <- exp(x - row max) in place, as :func:`softmax_masked` does before normalising."""
-    row_max = x.max(axis=-1, keepdims=True)
+def _exp_shifted(x: np.ndarray, row_max: np.ndarray | None = None) -> None:
+    """x <- exp(x - row max) in place, as :func:`softmax_masked` does before normalising (``row_max``: the
+    rows' maxima, (..., 1), when the caller has them)."""
+    if row_max is None:
+        row_max = x.max(axis=-1, keepdims=True)
     row_max[~np.isfinite(row_max)] = 0.0
     x -= row_max
     np.exp(x, out=x)

@@ -20,7 +20,7 @@ import numpy as np
 
 from soc import progress
 from soc.attention.cim_layer import cim_scores, head_rngs, prune_layer
-from soc.attention.exact import AttentionWork, kv_for_heads, row_blocks, valid_mask
+from soc.attention.exact import AttentionWork, Scratch, kv_for_heads, row_blocks, valid_mask
 from soc.attention.metrics import AccuracyTally
 from soc.attention.plan import survivor_tables
 from soc.attention.pruning import calibrate_thresholds, fixed_thresholds, forced_keys, quantile_threshold
@@ -143,7 +143,7 @@ def release_layer(arr: np.ndarray, layer: int) -> None:
 
 
 def _calibrate(rule: LayerRule, q_l: np.ndarray, k_l: np.ndarray, valid: np.ndarray, pruning: PruningSpec,
-               scale: float, seed: int, stream: int, layer: int) -> np.ndarray:
+               scale: float, seed: int, stream: int, layer: int, scratch: Scratch | None = None) -> np.ndarray:
     """Calibrated thresholds (H,) of one layer from the approximate scores of (q_l, k_l)."""
     heads, seq_q, _ = q_l.shape
     frac = float(rule.target_kept_fraction)
@@ -154,9 +154,10 @@ def _calibrate(rule: LayerRule, q_l: np.ndarray, k_l: np.ndarray, valid: np.ndar
     for h0, h1 in slices:
         approx = cim_scores(q_l[h0:h1], kv_for_heads(k_l, h0, h1, heads), pruning.quant, scale, seed=seed,
                             layer=layer, first_head=h0, stream=stream, layer_heads=heads,
-                            kv_heads=k_l.shape[0], blocks=row_blocks(valid)).scores
+                            kv_heads=k_l.shape[0], blocks=row_blocks(valid), scratch=scratch).scores
         if rule.granularity == "head" or len(slices) == 1:
-            thr[h0:h1] = calibrate_thresholds(approx, valid, frac, rule.granularity, forced_keys(valid, rule))
+            thr[h0:h1] = calibrate_thresholds(approx, valid, frac, rule.granularity, forced_keys(valid, rule),
+                                              scratch=scratch)
         else:
             samples.append(approx[:, valid].ravel()[::stride])
     if samples:
@@ -166,7 +167,8 @@ def _calibrate(rule: LayerRule, q_l: np.ndarray, k_l: np.ndarray, valid: np.ndar
 
 def _layer_thresholds(rule: LayerRule, layer: int, q_l: np.ndarray, k_l: np.ndarray, valid: np.ndarray,
                       calibration: tuple | None, cal_valid: np.ndarray | None, pruning: PruningSpec,
-                      scale: float, seed: int, inline_ok: bool, info: dict) -> tuple[np.ndarray | None, bool]:
+                      scale: float, seed: int, inline_ok: bool, info: dict,
+                      scratch: Scratch | None = None) -> tuple[np.ndarray | None, bool]:
     """The comparator references of a threshold layer (None for other rules) and whether the main loop must
     calibrate them itself on the replayed scores (per head, or the whole layer in one slice: no recompute)."""
     if rule.rule != "threshold":
@@ -178,11 +180,11 @@ def _layer_thresholds(rule: LayerRule, layer: int, q_l: np.ndarray, k_l: np.ndar
     if calibration is not None:
         info["calibrated_on"] = "calibration trace"
         cq, ck = (_layer32(arr, layer, f"calibration {name}") for arr, name in zip(calibration, "qk"))
-        return _calibrate(rule, cq, ck, cal_valid, pruning, scale, seed, 1, layer), False
+        return _calibrate(rule, cq, ck, cal_valid, pruning, scale, seed, 1, layer, scratch), False
     info["calibrated_on"] = "replayed trace"
     if inline_ok or rule.granularity == "head":
         return np.empty(heads), True
-    return _calibrate(rule, q_l, k_l, valid, pruning, scale, seed, 0, layer), False
+    return _calibrate(rule, q_l, k_l, valid, pruning, scale, seed, 0, layer, scratch), False
 
 
 def _check_args(scale: float, causal: bool, query_offset: int, seq_q: int, seq_k: int, pruning: PruningSpec,
@@ -258,7 +260,7 @@ def run_functional(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, scale: float,
             q_l, k_l, v_l = (_layer32(arr, layer, name) for arr, name in ((q, "q"), (k, "k"), (v, "v")))
             info = {"layer": layer, **rule.describe()}
             thresholds, inline = _layer_thresholds(rule, layer, q_l, k_l, valid, calibration, cal_valid,
-                                                   pruning, scale, seed, len(slices) == 1, info)
+                                                   pruning, scale, seed, len(slices) == 1, info, work.scratch)
             score_lsb = np.empty(heads)
             layer_mask = np.empty((heads, seq_q, seq_k), dtype=bool) if keep_masks else None
 
@@ -271,7 +273,8 @@ def run_functional(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, scale: float,
                     given = None if thresholds is None or inline else thresholds[h0:h1]
                     pruned = prune_layer(q_h, k_h, valid, rule, quant=pruning.quant, scale=scale,
                                          seed=seed, layer=layer, first_head=h0, thresholds=given,
-                                         query_offset=query_offset, layer_heads=heads, kv_heads=kv_heads)
+                                         query_offset=query_offset, layer_heads=heads, kv_heads=kv_heads,
+                                         scratch=work.scratch)
                     keep, score_lsb[h0:h1] = pruned.keep, pruned.score_lsb
                     if inline:
                         thresholds[h0:h1] = pruned.thresholds

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from soc.attention.exact import MaskMemo
+
 
 @dataclass
 class _Counts:
@@ -53,6 +55,9 @@ def _rel_err(err_sq: float, ref_sq: float) -> float:
     return float(np.sqrt(err_sq))
 
 
+_VALID_ROWS = MaskMemo()  # (rows with a valid key, valid pairs) of a validity: once per run
+
+
 def layer_counts(valid: np.ndarray, keep: np.ndarray, logits: np.ndarray | None, probs_exact: np.ndarray,
                  out_exact: np.ndarray, out_pruned: np.ndarray, exact_arg: np.ndarray | None = None) -> _Counts:
     """The accuracy counters of one layer (or a slice of its heads); arrays (H, Sq, Sk) / (H, Sq, D).
@@ -60,7 +65,8 @@ def layer_counts(valid: np.ndarray, keep: np.ndarray, logits: np.ndarray | None,
     ``exact_arg`` (H, Sq), each row's first maximum of the logits over its valid keys, replaces ``logits``
     when the caller has it already."""
     heads = keep.shape[0]
-    row_has_valid = np.broadcast_to(valid.any(axis=-1), keep.shape[:-1])
+    rows_valid, n_valid = _VALID_ROWS.get((valid,), None, lambda: (valid.any(axis=-1), int(np.count_nonzero(valid))))
+    row_has_valid = np.broadcast_to(rows_valid, keep.shape[:-1])
     row_has_kept = keep.any(axis=-1)
     mass = np.einsum("hqk,hqk->hq", probs_exact, keep, dtype=np.float64, casting="unsafe")
     # argmax returns the first maximum and kept keys are a subset of valid ones, so the pruned argmax equals
@@ -69,7 +75,7 @@ def layer_counts(valid: np.ndarray, keep: np.ndarray, logits: np.ndarray | None,
         exact_arg = np.where(np.broadcast_to(valid, keep.shape), logits, -np.inf).argmax(axis=-1)
     agree = np.take_along_axis(keep, exact_arg[..., None], axis=-1)[..., 0]
     diff = out_pruned.astype(np.float64) - out_exact
-    valid_pairs = np.count_nonzero(valid) * (heads if valid.ndim == 2 else 1)
+    valid_pairs = n_valid * (heads if valid.ndim == 2 else 1)
     return _Counts(
         valid_pairs=int(valid_pairs),
         kept_pairs=int(np.count_nonzero(keep)),

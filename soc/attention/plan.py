@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from soc.attention.exact import MaskMemo, all_valid
+
 COUNT_KEYS = ("q_rows", "k_cols", "pairs_valid", "pairs_kept", "union_keys", "new_keys", "rows_kept",
               "prev_union_keys", "shared_prev_keys")
 
@@ -74,6 +76,17 @@ def _walk(a: np.ndarray, group: int) -> np.ndarray:
     return a.reshape(a.shape[0] // group, group * a.shape[1], *a.shape[2:])
 
 
+_PAIRS_VALID = MaskMemo()
+
+
+def _pairs_valid(valid: np.ndarray, q_tile: int, k_tile: int) -> np.ndarray:
+    """Valid pairs per chunk, (1 or H, nq, nk), of a validity (Sq, Sk) or (H, Sq, Sk)."""
+    valid3 = valid[None] if valid.ndim == 2 else valid
+    out = _per_key(_tiled(valid3, q_tile, k_tile)).sum(axis=-1, dtype=np.int64)
+    out.setflags(write=False)
+    return out
+
+
 def chunk_counts(keep: np.ndarray, valid: np.ndarray, q_tile: int, k_tile: int,
                  group: int = 1) -> dict[str, np.ndarray]:
     """Counts per chunk for a keep mask (H, Sq, Sk) and validity (Sq, Sk) or (H, Sq, Sk).
@@ -90,13 +103,13 @@ def chunk_counts(keep: np.ndarray, valid: np.ndarray, q_tile: int, k_tile: int,
         if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 1:
             raise ValueError(f"{name}: expected a positive integer, got {tile!r}")
     _check_group(heads, group)
-    keep = keep & valid
+    if not all_valid(valid):
+        keep = keep & valid
     q_sizes, k_sizes = tile_counts(seq_q, q_tile), tile_counts(seq_k, k_tile)
     nq, nk = len(q_sizes), len(k_sizes)
     shape = (heads, nq, nk)
 
-    valid3 = valid[None] if valid.ndim == 2 else valid
-    pairs_valid = _per_key(_tiled(valid3, q_tile, k_tile)).sum(axis=-1, dtype=np.int64)
+    pairs_valid = _PAIRS_VALID.get((valid,), (q_tile, k_tile), lambda: _pairs_valid(valid, q_tile, k_tile))
     tiles = _tiled(keep, q_tile, k_tile)
     per_key = _per_key(tiles)                         # (H, nq, nk, k_tile): rows of the chunk keeping each key
     pairs_kept = per_key.sum(axis=-1, dtype=np.int64)

@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from soc.attention.exact import MaskMemo, row_blocks
+from soc.attention.exact import MaskMemo, Scratch, all_valid, row_blocks, scratch_array
 from soc.attention.spec import LayerRule, SpecError
 
 
@@ -66,7 +66,8 @@ def _sample_positions(size: int) -> np.ndarray:
 
 
 def _quantile_in_band(x: np.ndarray, valid: np.ndarray | None, n: int, target: float,
-                      blocks: list[tuple[int, int, int]] | None = None) -> float | None:
+                      blocks: list[tuple[int, int, int]] | None = None,
+                      scratch: Scratch | None = None) -> float | None:
     """:func:`quantile_threshold` of the valid entries of ``x`` (a set of heads seen as one row), without
     gathering or partitioning them all: a sample brackets the quantile in a value band, counts place the band
     among all values, and a partial partition of the band alone finds the exact value. None if the sample's
@@ -91,11 +92,11 @@ def _quantile_in_band(x: np.ndarray, valid: np.ndarray | None, n: int, target: f
     n_inside, bands = 0, []
     for r0, r1, end in blocks or [(0, x.shape[-2], x.shape[-1])]:  # valid pairs all lie inside the blocks
         xb = x[..., r0:r1, :end]
-        inside = xb >= lo
+        inside = np.greater_equal(xb, lo, out=scratch_array(scratch, "band_lo", xb.shape, bool))
         if valid is not None:
             inside &= valid[..., r0:r1, :end]
         n_inside += int(np.count_nonzero(inside))
-        inside &= xb <= hi
+        inside &= np.less_equal(xb, hi, out=scratch_array(scratch, "band_hi", xb.shape, bool))
         bands.append(xb[inside])
     n_below = n - n_inside
     band = bands[0] if len(bands) == 1 else np.concatenate(bands)  # the same values, whatever their order
@@ -122,13 +123,13 @@ def _quantile_in_band(x: np.ndarray, valid: np.ndarray | None, n: int, target: f
 
 
 def _set_quantile(x: np.ndarray, valid: np.ndarray | None, target: float,
-                  blocks: list[tuple[int, int, int]] | None = None) -> float:
+                  blocks: list[tuple[int, int, int]] | None = None, scratch: Scratch | None = None) -> float:
     """The quantile threshold of the valid entries of ``x`` (valid broadcast over x's leading axes)."""
     full = None if valid is None else np.broadcast_to(valid, x.shape)
     n = x.size if valid is None else int(np.count_nonzero(valid)) * (x.size // valid.size)
     if n == 0:
         return 0.0
-    got = _quantile_in_band(x, valid, n, target, blocks)
+    got = _quantile_in_band(x, valid, n, target, blocks, scratch)
     if got is not None:
         return got
     vals = x.reshape(-1) if full is None else x[full]
@@ -148,14 +149,15 @@ def _free_pairs(valid: np.ndarray, forced: np.ndarray) -> tuple[np.ndarray, int,
 
 
 def calibrate_thresholds(approx: np.ndarray, valid: np.ndarray, target_kept_fraction: float,
-                         granularity: str = "head", forced: np.ndarray | None = None) -> np.ndarray:
+                         granularity: str = "head", forced: np.ndarray | None = None,
+                         scratch: Scratch | None = None) -> np.ndarray:
     """Comparator references (H,) such that the fraction of valid pairs with s~ >= thr is nearest the target.
 
     ``granularity`` 'head': one quantile per head; 'layer': one quantile over all heads, repeated. Equal to
     :func:`quantile_threshold` over the gathered valid scores, found without gathering them (see
     :func:`_quantile_in_band`). ``forced`` (Sq, Sk): pairs kept whatever their score (sink and recent keys);
     the quantile is then taken over the other valid pairs so that forced + comparator-kept pairs make up the
-    target.
+    target. ``scratch`` (:class:`~soc.attention.exact.Scratch`) holds the counting passes' temporaries.
     """
     if not 0.0 < target_kept_fraction <= 1.0:
         raise ValueError(f"target_kept_fraction: expected a number in (0, 1], got {target_kept_fraction}")
@@ -172,10 +174,12 @@ def calibrate_thresholds(approx: np.ndarray, valid: np.ndarray, target_kept_frac
         valid, target_kept_fraction = free, min(share, 1.0)
     shared = None if valid.all() else valid  # a full validity needs no mask at all
     if granularity == "layer":
-        return np.full(heads, _set_quantile(approx, shared, target_kept_fraction, blocks))
+        return np.full(heads, _set_quantile(approx, shared, target_kept_fraction, blocks, scratch))
     if shared is not None and shared.ndim == 3:
-        return np.array([_set_quantile(approx[h], shared[h], target_kept_fraction) for h in range(heads)])
-    return np.array([_set_quantile(approx[h], shared, target_kept_fraction, blocks) for h in range(heads)])
+        return np.array([_set_quantile(approx[h], shared[h], target_kept_fraction, scratch=scratch)
+                         for h in range(heads)])
+    return np.array([_set_quantile(approx[h], shared, target_kept_fraction, blocks, scratch)
+                     for h in range(heads)])
 
 
 def fixed_thresholds(rule: LayerRule, heads: int) -> np.ndarray | None:
@@ -227,7 +231,10 @@ def forced_keys(valid: np.ndarray, rule: LayerRule, query_offset: int | None = N
         offset = seq_k - seq_q if query_offset is None else query_offset
         own = np.arange(seq_q)[:, None] + offset
         key = np.arange(seq_k)[None, :]
-        forced = (key < rule.keep_sink_tokens) | ((own - key >= 0) & (own - key < rule.keep_recent_tokens))
+        # recent: own - recent < key <= own, compared by broadcasting (no (Sq, Sk) integer temporary)
+        forced = key <= own
+        forced &= key > own - rule.keep_recent_tokens
+        forced |= key < rule.keep_sink_tokens
         forced &= valid if valid.ndim == 2 else valid.all(axis=0)
         forced.setflags(write=False)
         return forced
@@ -235,11 +242,13 @@ def forced_keys(valid: np.ndarray, rule: LayerRule, query_offset: int | None = N
 
 
 def prune_mask(approx: np.ndarray, valid: np.ndarray, rule: LayerRule,
-               thresholds: np.ndarray | None = None, query_offset: int | None = None) -> np.ndarray:
+               thresholds: np.ndarray | None = None, query_offset: int | None = None,
+               scratch: Scratch | None = None) -> np.ndarray:
     """Bool (H, Sq, Sk): the pairs that survive ``rule``; never a causally invalid pair.
 
     For a calibrated threshold rule, ``thresholds`` (H,) may be given (e.g. calibrated on another trace);
-    otherwise they are fixed by the rule or calibrated on ``approx`` itself.
+    otherwise they are fixed by the rule or calibrated on ``approx`` itself. With a ``scratch``, a threshold
+    rule's mask is its buffer ``"keep"`` (valid until the next call with that scratch).
     """
     _valid_3d(valid, approx.shape)
     heads = approx.shape[0]
@@ -251,12 +260,14 @@ def prune_mask(approx: np.ndarray, valid: np.ndarray, rule: LayerRule,
         if thresholds is None:
             frac = float(rule.target_kept_fraction)
             thresholds = calibrate_thresholds(approx, valid, frac, rule.granularity,
-                                              forced_keys(valid, rule, query_offset))
+                                              forced_keys(valid, rule, query_offset), scratch=scratch)
         thr = np.asarray(thresholds, dtype=np.float64)
         if thr.shape != (heads,):
             raise ValueError(f"thresholds: expected shape ({heads},), got {thr.shape}")
-        keep = approx >= thr.astype(approx.dtype)[:, None, None]
-        keep &= valid
+        keep = np.greater_equal(approx, thr.astype(approx.dtype)[:, None, None],
+                                out=scratch_array(scratch, "keep", approx.shape, bool))
+        if not all_valid(valid):
+            keep &= valid
         return _with_forced(keep, valid, rule, query_offset)
     if rule.rule == "margin":
         row_max = np.where(valid, approx, -np.inf).max(axis=-1, keepdims=True)

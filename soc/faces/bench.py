@@ -6,8 +6,8 @@ move far less than wall time; the whole run's wall time is reported beside. Ever
 and event loop), a raw SimPy pipeline of the same shape (four stages per CIM/digital pair, Store hand-offs
 and one Resource per stage, as many tiles), and numpy dense attention on the same Q/K/V at one BLAS thread.
 The median of the repeats is reported, beside the four matrix products the functional pass needs (the array's
-scores, the exact scores, P.V exact and pruned). Then a scaling curve (one layer, seq 512..8192: cost per tile
-should stay flat) and a Llama-7B-shaped prefill measured on one whole layer (32 heads, seq 4096) and
+scores, the exact scores, P.V exact and pruned). Then a scaling curve (one layer, seq 512..8192, each point the
+median of the repeats: cost per tile should stay flat) and a Llama-7B-shaped prefill measured on one whole layer (32 heads, seq 4096) and
 extrapolated to 32 layers.
 """
 
@@ -141,7 +141,7 @@ def run_bench(repeats: int = 3, quick: bool = False, config: str = "configs/hybr
     cfg = load_config(config)
     curve_seqs = (512, 1024, 2048) if quick else (512, 1024, 2048, 4096, 8192)
     llama_seq, llama_heads = (2048, 4) if quick else (4096, 32)  # full: one whole layer, as the model runs it
-    steps = 3 * repeats + len(curve_seqs) + 1
+    steps = 3 * repeats + len(curve_seqs) * repeats + 1
     note = on_step or (lambda _s: None)
     with progress.task("soc bench", total=steps, unit="run") as bar, one_blas_thread():
         trace = _synth(workload, seq_len, layers)
@@ -172,19 +172,30 @@ def run_bench(repeats: int = 3, quick: bool = False, config: str = "configs/hybr
         visit_us = med["event_loop_s"] / (tiles * STAGES) * 1e6
         floor_visit_us = floor_s / (floor_tiles * STAGES) * 1e6
 
+        # fewer heads as seq grows (12 at 512, 1 from 4096): every point has >= 1,536 tiles, memory stays that of
+        # one head. Each point is the median of ``repeats`` runs, the points taken in rotating order.
+        curve_traces = {s: _synth(workload, s, 1, heads=max(1, (12 * 512) // s)) for s in curve_seqs}
+        curve_runs: dict[int, list] = {s: [] for s in curve_seqs}
+        for r in range(repeats):
+            for s in curve_seqs[r % len(curve_seqs):] + curve_seqs[:r % len(curve_seqs)]:
+                bar.note(f"curve seq {s} {r + 1}/{repeats}")
+                note(f"curve seq {s} {r + 1}/{repeats}")
+                curve_runs[s].append(_simulate(cfg, curve_traces[s]))
+                bar.advance()
         curve = []
         for s in curve_seqs:
-            bar.note(f"curve seq {s}")
-            note(f"curve seq {s}")
-            # fewer heads as seq grows (12 at 512, 1 from 4096): every point has >= 1,536 tiles, memory stays
-            # that of one head
-            heads = max(1, (12 * 512) // s)
-            run = _simulate(cfg, _synth(workload, s, 1, heads=heads))
-            per_tile_s = run["total_s"] - run["baselines_s"]  # the baselines are a fixed cost per run
-            curve.append({"seq_len": s, "heads": heads, "tiles": run["tiles"], "total_s": run["total_s"],
-                          "baselines_s": run["baselines_s"], "us_per_tile": per_tile_s / run["tiles"] * 1e6,
-                          "event_loop_us_per_tile": run["event_loop_s"] / run["tiles"] * 1e6})
-            bar.advance()
+            runs_s = curve_runs[s]
+            # the baselines are a fixed cost per run, not a per-tile one
+            per_tile = [(x["total_s"] - x["baselines_s"]) / x["tiles"] * 1e6 for x in runs_s]
+            loop = [x["event_loop_s"] / x["tiles"] * 1e6 for x in runs_s]
+            curve.append({"seq_len": s, "heads": curve_traces[s].meta.heads, "tiles": runs_s[0]["tiles"],
+                          "total_s": statistics.median(x["total_s"] for x in runs_s),
+                          "baselines_s": statistics.median(x["baselines_s"] for x in runs_s),
+                          "us_per_tile": statistics.median(per_tile),
+                          "event_loop_us_per_tile": statistics.median(loop),
+                          "functional_us_per_tile": statistics.median(
+                              x["functional_s"] / x["tiles"] * 1e6 for x in runs_s)})
+        del curve_traces
         spread = {k: max(c[k] for c in curve) / min(c[k] for c in curve)
                   for k in ("us_per_tile", "event_loop_us_per_tile")}
 
