@@ -171,7 +171,7 @@ def approx_scores(q: np.ndarray, k: np.ndarray, quant: CimQuantSpec, scale: floa
     column: score = lsb x ((1 + gain[col]) x dot + offset[col] + noise). ``blocks`` (first row, end row,
     keys), from :func:`~soc.attention.exact.row_blocks`: compute only the pairs inside them (the others,
     invalid, read -inf); the noise of a pair is the same with or without blocks. With a ``scratch``, the
-    scores are its buffer ``"approx"`` (valid until the next call with that scratch).
+    scores are its buffer ``"scores"`` (valid until the next call with that scratch).
     """
     heads, seq_q, head_dim = q.shape
     seq_k = k.shape[1]
@@ -197,7 +197,7 @@ def approx_scores(q: np.ndarray, k: np.ndarray, quant: CimQuantSpec, scale: floa
             np.multiply(k_code_h[h], (gain_row * (unit * lsb[h]))[:, None], out=k_eff[h, :, :head_dim])
             k_eff[h, :, head_dim] = offset_row * lsb[h]
     blocks = [(0, seq_q, seq_k)] if blocks is None else list(blocks)
-    dots = scratch_array(scratch, "approx", (heads, seq_q, seq_k), np.float32)
+    dots = scratch_array(scratch, "scores", (heads, seq_q, seq_k), np.float32)
     if blocks == [(0, seq_q, seq_k)]:
         np.matmul(q_eff, k_eff.transpose(0, 2, 1), out=dots)
     else:
@@ -226,7 +226,7 @@ def approx_scores(q: np.ndarray, k: np.ndarray, quant: CimQuantSpec, scale: floa
             if pattern is None:
                 d *= unit * lsb[h]
             if gens is not None:
-                noise = scratch_array(scratch, "noise", (r1 - r0, end), np.float32)
+                noise = scratch_array(scratch, "temp", (r1 - r0, end), np.float32)
                 np.take(levels, idx[r0:r1, :end], out=noise, mode="wrap")  # 16-bit codes: always in range
                 d += noise
     return ApproxScores(dots, score_lsb)

@@ -71,7 +71,10 @@ class MaskMemo:
 
 class Scratch:
     """Named buffers kept from one head slice to the next. A fresh large array costs its page faults at every
-    use (a 64 MB score matrix: ~16,000 of them); a buffer that is reused faults once per run."""
+    use (a 64 MB score matrix: ~16,000 of them); a buffer that is reused faults once per run. A name is a role,
+    not one array: steps that are done with it before the next asks may share it, whatever their dtypes
+    (``"mask"``: the calibration's band flags, then the keep mask; ``"temp"``: the noise of a block, then
+    the calibration's second flags), so the buffers add no more to a run's peak memory than fresh arrays."""
 
     __slots__ = ("_buffers",)
 
@@ -81,11 +84,12 @@ class Scratch:
     def get(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
         """An uninitialised C-contiguous array of ``shape``, the same memory as the last ``get(name)`` when it
         fits (whoever asked for ``name`` before must be done with it)."""
-        size = int(np.prod(shape))
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape)) * dtype.itemsize
         buf = self._buffers.get(name)
-        if buf is None or buf.size < size or buf.dtype != np.dtype(dtype):
-            buf = self._buffers[name] = np.empty(size, dtype)
-        return buf[:size].reshape(shape)
+        if buf is None or buf.size < nbytes:
+            buf = self._buffers[name] = np.empty(nbytes, np.uint8)
+        return buf[:nbytes].view(dtype).reshape(shape)
 
 
 def scratch_array(scratch: Scratch | None, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
@@ -201,14 +205,20 @@ class AttentionWork:
     """
 
     def __init__(self, heads: int, seq_q: int, seq_k: int, valid: np.ndarray) -> None:
-        self.logits = np.empty((heads, seq_q, seq_k), np.float32)
-        self.pruned = np.empty((heads, seq_q, seq_k), np.float32)
+        self.shape = (heads, seq_q, seq_k)
+        self.pruned = np.empty(self.shape, np.float32)
         self.scratch = Scratch()  # the scoring and pruning steps' buffers, kept across head slices
         self.valid = valid
         self.invalid = None if valid.all() else ~valid  # None: every pair is valid
         self.blocks = row_blocks(valid)
         # a causal mask is a prefix of each row: filling each row's tail is faster than a masked copy
         self.row_ends = valid.sum(axis=-1).tolist() if len(self.blocks) > 1 else None
+
+    @property
+    def logits(self) -> np.ndarray:
+        """The exact logits' buffer (H, Sq, Sk): the scratch's ``"scores"``, whose approximate scores are done
+        with once the keep mask is made, so one buffer serves both."""
+        return self.scratch.get("scores", self.shape, np.float32)
 
     def dense_keep(self, heads: int) -> np.ndarray:
         """keep = valid for ``heads`` heads (what the 'none' rule keeps)."""
@@ -217,7 +227,8 @@ class AttentionWork:
     def attend(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float,
                keep: np.ndarray | None) -> PairOutputs:
         """Attention of q (H, Sq, D) over k, v (H, Sk, D): exact over valid pairs, pruned over ``keep``
-        (None: no pruning, the pruned output is the exact one)."""
+        (None: no pruning, the pruned output is the exact one). The logits overwrite the scratch's approximate
+        scores: ``keep`` must be made from them already."""
         heads, seq_q, _ = q.shape
         seq_k = k.shape[1]
         x = self.logits[:heads]

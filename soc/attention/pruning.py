@@ -92,11 +92,11 @@ def _quantile_in_band(x: np.ndarray, valid: np.ndarray | None, n: int, target: f
     n_inside, bands = 0, []
     for r0, r1, end in blocks or [(0, x.shape[-2], x.shape[-1])]:  # valid pairs all lie inside the blocks
         xb = x[..., r0:r1, :end]
-        inside = np.greater_equal(xb, lo, out=scratch_array(scratch, "band_lo", xb.shape, bool))
+        inside = np.greater_equal(xb, lo, out=scratch_array(scratch, "mask", xb.shape, bool))
         if valid is not None:
             inside &= valid[..., r0:r1, :end]
         n_inside += int(np.count_nonzero(inside))
-        inside &= np.less_equal(xb, hi, out=scratch_array(scratch, "band_hi", xb.shape, bool))
+        inside &= np.less_equal(xb, hi, out=scratch_array(scratch, "temp", xb.shape, bool))
         bands.append(xb[inside])
     n_below = n - n_inside
     band = bands[0] if len(bands) == 1 else np.concatenate(bands)  # the same values, whatever their order
@@ -248,7 +248,7 @@ def prune_mask(approx: np.ndarray, valid: np.ndarray, rule: LayerRule,
 
     For a calibrated threshold rule, ``thresholds`` (H,) may be given (e.g. calibrated on another trace);
     otherwise they are fixed by the rule or calibrated on ``approx`` itself. With a ``scratch``, a threshold
-    rule's mask is its buffer ``"keep"`` (valid until the next call with that scratch).
+    rule's mask is its buffer ``"mask"`` (valid until the next call with that scratch).
     """
     _valid_3d(valid, approx.shape)
     heads = approx.shape[0]
@@ -265,7 +265,7 @@ def prune_mask(approx: np.ndarray, valid: np.ndarray, rule: LayerRule,
         if thr.shape != (heads,):
             raise ValueError(f"thresholds: expected shape ({heads},), got {thr.shape}")
         keep = np.greater_equal(approx, thr.astype(approx.dtype)[:, None, None],
-                                out=scratch_array(scratch, "keep", approx.shape, bool))
+                                out=scratch_array(scratch, "mask", approx.shape, bool))
         if not all_valid(valid):
             keep &= valid
         return _with_forced(keep, valid, rule, query_offset)
