@@ -184,7 +184,10 @@ def test_attention_work_equals_two_masked_softmaxes_bit_for_bit(rng, mask):
     for kept in (keep, None):
         got = work.attend(q, k, v, 0.3, kept)
         probs = softmax_masked(logits, valid)
-        assert got.probs_exact.tobytes() == probs.tobytes()
+        kept_pairs = np.broadcast_to(valid, probs.shape) if kept is None else kept
+        # the mass metrics read: each row's exact probability on its kept keys, summed in float64
+        mass = np.einsum("hqk,hqk->hq", probs, kept_pairs, dtype=np.float64, casting="unsafe")
+        assert got.mass_kept.tobytes() == mass.tobytes()
         assert got.out_exact.tobytes() == weighted_sum(probs, v).tobytes()
         want = weighted_sum(softmax_masked(logits, kept), v) if kept is not None else weighted_sum(probs, v)
         assert got.out_pruned.tobytes() == want.tobytes()

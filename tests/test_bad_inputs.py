@@ -350,7 +350,29 @@ def test_a_huge_single_head_trace_is_refused_with_the_memory_it_needs(tmp_path):
     meta = {"model": "toy", "source": "synthetic", "causal": False, "layers": 1, "heads": 1, "kv_heads": 1,
             "seq_len": seq, "head_dim": 1}
     save_trace(tmp_path / "long", a, a, a, meta)
-    check("resources", ["run", "--trace", str(tmp_path / "long")], names=("GB for its score matrices",))
+    check("resources", ["run", "--trace", str(tmp_path / "long")], names=("score matrices",))
+
+
+@pytest.mark.parametrize("causal,offset", [(False, 0), (True, 0), (True, 13)])
+def test_the_memory_check_counts_the_tiles_the_run_keeps(monkeypatch, causal, offset):
+    """The check's tile count equals the functional pass's chunk table, and a run whose tables would not fit
+    is refused before any work with what they need."""
+    from soc.attention.functional import run_functional
+    from soc.attention.spec import LayerRule, PruningSpec
+    from soc.errors import SocError
+    from soc.faces import cli
+
+    rng = np.random.default_rng(0)
+    seq_q, seq_k = 50 - offset, 50
+    q, k, v = (rng.standard_normal((2, 3, n, 8)).astype(np.float32) for n in (seq_q, seq_k, seq_k))
+    func = run_functional(q, k, v, scale=0.3, causal=causal, query_offset=offset,
+                          pruning=PruningSpec(LayerRule("threshold", target_kept_fraction=0.3)), q_tile=8, k_tile=16)
+    assert cli.replay_tiles(seq_q, seq_k, causal, offset, 8, 16) * 3 * 2 == len(func.chunks["layer"])
+
+    trace = load_trace(TINY)
+    monkeypatch.setattr(cli, "available_memory", lambda: 1000)
+    with pytest.raises(SocError, match=r"GB for the tables of [\d,]+ tiles\), 0.0 GB is available"):
+        cli.check_replay_memory(trace, SocConfig())
 
 
 @pytest.mark.parametrize("change,match", [

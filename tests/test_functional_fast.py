@@ -58,6 +58,22 @@ def test_same_results_as_the_replaced_pass(name):
     _assert_same(_run(functional, q, k, v, **case), _run(legacy, q, k, v, **case))
 
 
+@pytest.mark.parametrize("name", ["encoder", "threshold-layer", "margin", "none"])
+def test_an_encoder_head_in_row_blocks_gives_the_whole_matrix_results(monkeypatch, name):
+    """Beyond BLOCK_PAIRS pairs a non-causal head runs in blocks of rows that span every key: each row's sums
+    run over the same keys in the same order, so the results stay those of the whole-matrix pass, bit for bit."""
+    from soc.attention import exact
+
+    monkeypatch.setattr(exact, "CAUSAL_BLOCK_ROWS", 16)
+    monkeypatch.setattr(exact, "BLOCK_PAIRS", 1)
+    case = {**CASES[name], "causal": False}
+    q, k, v = make_trace(seed=5, seq_q=40, seq_k=40)
+    valid = exact.valid_mask(40, 40, False)
+    assert exact.row_blocks(valid) == [(0, 16, 40), (16, 32, 40), (32, 40, 40)]
+    assert exact.AttentionWork(2, 40, 40, valid).pruned.shape == (2, 16, 40)  # one block's rows, not 40
+    _assert_same(_run(functional, q, k, v, **case), _run(legacy, q, k, v, **case))
+
+
 @pytest.mark.parametrize("rule", [THR, LayerRule("threshold", target_kept_fraction=0.4, granularity="layer"),
                                   LayerRule("margin", margin=1.0)])
 def test_same_results_head_by_head(monkeypatch, rule):
@@ -160,10 +176,13 @@ def test_causal_row_blocks_give_the_whole_matrix_attention(offset):
     keep = (rng.random((2, seq_q, seq_k)) < 0.3) & valid
     keep[:, :, 0] = True
     work = AttentionWork(2, seq_q, seq_k, valid)
+    assert work.pruned.shape == (2, 256, seq_k)  # the softmax buffers hold one block's rows
     got = work.attend(q, k, v, 0.25, keep)
     out_exact, probs = attention(q, k, v, 0.25, True, offset)
     out_pruned, _ = attention(q, k, v, 0.25, True, offset, keep=keep)
-    np.testing.assert_allclose(got.probs_exact, probs, rtol=1e-6, atol=1e-9)
+    # a row's mass on its kept keys: float64 sums of its block's probabilities (float32 rounding of each)
+    np.testing.assert_allclose(got.mass_kept, np.einsum("hqk,hqk->hq", probs, keep, dtype=np.float64),
+                               rtol=1e-6, atol=1e-9)
     # an output is a float32 sum of up to 690 weighted values of V ~ N(0, 1): its rounding is ~1e-6 absolute
     # (and a multithreaded BLAS splits the sums otherwise than one thread)
     np.testing.assert_allclose(got.out_exact, out_exact, rtol=2e-6, atol=2e-6)
@@ -188,7 +207,9 @@ def test_keys_no_row_may_see_read_zero_probability():
     got = work.attend(q, k, v, 0.5, keep)
     out_exact, probs = attention(q, k, v, 0.5, True, 3)
     out_pruned, _ = attention(q, k, v, 0.5, True, 3, keep=keep)
-    np.testing.assert_array_equal(got.probs_exact, probs)
+    # the block's 8 keys against the whole row's 20 (12 of them zero): the same sums but for float64 grouping
+    np.testing.assert_allclose(got.mass_kept, np.einsum("hqk,hqk->hq", probs, keep, dtype=np.float64),
+                               rtol=1e-12, atol=0)
     np.testing.assert_array_equal(got.out_exact, out_exact)
     np.testing.assert_array_equal(got.out_pruned, out_pruned)
 

@@ -99,6 +99,9 @@ def scratch_array(scratch: Scratch | None, name: str, shape: tuple[int, ...], dt
 
 #: Rows per block of a causal head (a block computes only the keys its last row may see: ~half the work).
 CAUSAL_BLOCK_ROWS = 256
+#: Pairs per block of any other head (at least CAUSAL_BLOCK_ROWS rows): a head up to this size is one block;
+#: beyond it, its softmax buffers hold one block's rows (16 MiB of float32 scores a head), not the whole matrix.
+BLOCK_PAIRS = 1 << 22
 
 _BLOCKS = MaskMemo()
 _ALL = MaskMemo()
@@ -110,19 +113,35 @@ def all_valid(valid: np.ndarray) -> bool:
 
 
 def row_blocks(valid: np.ndarray) -> list[tuple[int, int, int]]:
-    """(first row, end row, keys) blocks covering a (Sq, Sk) score matrix: one block of every key, unless each
-    row's validity is a prefix (causal), then blocks of :data:`CAUSAL_BLOCK_ROWS` rows, each reaching the last
-    key its rows may see. Pairs outside the blocks are invalid."""
+    """(first row, end row, keys) blocks covering a (Sq, Sk) score matrix. If each row's validity is a prefix
+    (causal): blocks of :data:`CAUSAL_BLOCK_ROWS` rows, each reaching the last key its rows may see (pairs
+    outside the blocks are invalid). Otherwise blocks of every key and about :data:`BLOCK_PAIRS` pairs (one
+    block for a matrix up to that size)."""
     return _BLOCKS.get((valid,), None, lambda: _row_blocks(valid))
+
+
+_PREFIX = MaskMemo()
+
+
+def prefix_ends(valid: np.ndarray) -> np.ndarray | None:
+    """How many keys each row sees (Sq,) when each row's validity is a prefix of the keys and some pair is
+    invalid (causal), else None."""
+    def compute() -> np.ndarray | None:
+        if all_valid(valid):
+            return None
+        n_valid = valid.sum(axis=-1)
+        return n_valid if np.array_equal(valid, np.arange(valid.shape[1])[None, :] < n_valid[:, None]) else None
+    return _PREFIX.get((valid,), None, compute)
 
 
 def _row_blocks(valid: np.ndarray) -> list[tuple[int, int, int]]:
     seq_q, seq_k = valid.shape
-    n_valid = valid.sum(axis=-1)
-    if not valid.all() and np.array_equal(valid, np.arange(seq_k)[None, :] < n_valid[:, None]):
+    n_valid = prefix_ends(valid)
+    if n_valid is not None:
         return [(r0, min(r0 + CAUSAL_BLOCK_ROWS, seq_q), int(n_valid[r0:r0 + CAUSAL_BLOCK_ROWS].max()))
                 for r0 in range(0, seq_q, CAUSAL_BLOCK_ROWS)]
-    return [(0, seq_q, seq_k)]
+    rows = max(CAUSAL_BLOCK_ROWS, BLOCK_PAIRS // max(seq_k, 1))
+    return [(r0, min(r0 + rows, seq_q), seq_k) for r0 in range(0, seq_q, rows)]
 
 
 def scores(q: np.ndarray, k: np.ndarray, scale: float) -> np.ndarray:
@@ -184,10 +203,10 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, causal:
 
 
 class PairOutputs(NamedTuple):
-    """Exact and pruned attention of a head slice: probabilities (H, Sq, Sk) of the exact softmax (a view of
-    a reused buffer, valid until the next call), both outputs (H, Sq, D) and each row's exact argmax key."""
+    """Exact and pruned attention of a head slice: each row's exact probability mass on its kept keys (H, Sq)
+    float64 (on its valid keys without a keep mask), both outputs (H, Sq, D) and each row's exact argmax key."""
 
-    probs_exact: np.ndarray
+    mass_kept: np.ndarray
     out_exact: np.ndarray
     out_pruned: np.ndarray
     exact_arg: np.ndarray
@@ -205,19 +224,22 @@ class AttentionWork:
     """
 
     def __init__(self, heads: int, seq_q: int, seq_k: int, valid: np.ndarray) -> None:
-        self.shape = (heads, seq_q, seq_k)
+        self.valid = valid
+        self.blocks = row_blocks(valid)
+        ends = prefix_ends(valid)
+        # a causal mask is a prefix of each row: filling each row's tail is faster than a masked copy
+        self.row_ends = None if ends is None else ends.tolist()
+        # any other validity: the invalid pairs, masked by a copy (None: every pair is valid)
+        self.invalid = None if ends is not None or all_valid(valid) else ~valid
+        # one block's rows at a time: a causal head's softmax never holds the whole score matrix
+        self.shape = (heads, max(r1 - r0 for r0, r1, _ in self.blocks), seq_k)
         self.pruned = np.empty(self.shape, np.float32)
         self.scratch = Scratch()  # the scoring and pruning steps' buffers, kept across head slices
-        self.valid = valid
-        self.invalid = None if valid.all() else ~valid  # None: every pair is valid
-        self.blocks = row_blocks(valid)
-        # a causal mask is a prefix of each row: filling each row's tail is faster than a masked copy
-        self.row_ends = valid.sum(axis=-1).tolist() if len(self.blocks) > 1 else None
 
     @property
     def logits(self) -> np.ndarray:
-        """The exact logits' buffer (H, Sq, Sk): the scratch's ``"scores"``, whose approximate scores are done
-        with once the keep mask is made, so one buffer serves both."""
+        """The exact logits' buffer (H, block rows, Sk): the start of the scratch's ``"scores"``, whose
+        approximate scores are done with once the keep mask is made, so one buffer serves both."""
         return self.scratch.get("scores", self.shape, np.float32)
 
     def dense_keep(self, heads: int) -> np.ndarray:
@@ -230,39 +252,41 @@ class AttentionWork:
         (None: no pruning, the pruned output is the exact one). The logits overwrite the scratch's approximate
         scores: ``keep`` must be made from them already."""
         heads, seq_q, _ = q.shape
-        seq_k = k.shape[1]
         x = self.logits[:heads]
         q32, k32, v32 = (np.asarray(a, np.float32) for a in (q, k, v))
         out_exact = np.empty((heads, seq_q, v32.shape[-1]), np.float32)
         out_pruned = out_exact if keep is None else np.empty_like(out_exact)
         p = None if keep is None else self.pruned[:heads]
         exact_arg = np.empty((heads, seq_q), np.int64)
+        mass = np.empty((heads, seq_q), np.float64)
         for r0, r1, end in self.blocks:
-            xb = x[:, r0:r1, :end]
+            xb = x[:, :r1 - r0, :end]  # keys past ``end`` no row of the block may see: never computed
             np.matmul(q32[:, r0:r1], k32[:, :end].transpose(0, 2, 1), out=xb)
             xb *= np.float32(scale)
             if self.row_ends is not None:
                 for row in range(r0, r1):
-                    x[:, row, self.row_ends[row]:end] = -np.inf
+                    xb[:, row - r0, self.row_ends[row]:] = -np.inf
             elif self.invalid is not None:
                 np.copyto(xb, np.float32(-np.inf), where=self.invalid[r0:r1, :end])
-            if end < seq_k:
-                x[:, r0:r1, end:] = 0.0  # keys no row of the block may see: zero probability, never computed
             arg = exact_arg[:, r0:r1, None]
             arg[...] = xb.argmax(axis=-1)[..., None]
             row_max = np.take_along_axis(xb, arg, axis=-1)  # the max itself, without a second pass
+            if keep is None:  # the 'none' rule keeps the valid pairs
+                kb = np.broadcast_to(self.valid[r0:r1, :end], xb.shape).copy()
+            else:
+                kb = keep[:, r0:r1, :end]
             redo = saved = None
             if keep is not None:
-                kb = keep[:, r0:r1, :end]
                 hit = np.take_along_axis(kb, arg, axis=-1)[..., 0]
                 redo = np.nonzero(~hit)  # (heads, rows) of the rows whose exact argmax key was pruned
                 saved = xb[redo]
             _exp_shifted(xb, row_max)
             if keep is None:
                 _normalize(xb)
+                mass[:, r0:r1] = _mass(xb, kb)
                 out_exact[:, r0:r1] = weighted_sum(xb, v32[:, :end])
                 continue
-            pb = p[:, r0:r1, :end]
+            pb = p[:, :r1 - r0, :end]
             np.multiply(xb, kb, out=pb)
             if redo[0].size:
                 rows = np.where(kb[redo], saved, np.float32(-np.inf))
@@ -270,9 +294,16 @@ class AttentionWork:
                 pb[redo] = rows
             _normalize(pb)
             _normalize(xb)
+            mass[:, r0:r1] = _mass(xb, kb)
             out_exact[:, r0:r1] = weighted_sum(xb, v32[:, :end])
             out_pruned[:, r0:r1] = weighted_sum(pb, v32[:, :end])
-        return PairOutputs(x, out_exact, out_pruned, exact_arg)
+        return PairOutputs(mass, out_exact, out_pruned, exact_arg)
+
+
+def _mass(probs: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Each row's probability on the kept keys, summed in float64 (as soc.attention.metrics did on the whole
+    matrices)."""
+    return np.einsum("hqk,hqk->hq", probs, keep, dtype=np.float64, casting="unsafe")
 
 
 def _exp_shifted(x: np.ndarray, row_max: np.ndarray | None = None) -> None:

@@ -286,8 +286,9 @@ def run_functional(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, scale: float,
                     table.put(at, h0, keep)
                 if survivors:
                     surv.append(survivor_tables(keep, valid, q_tile, k_tile, group))
-                tally.add_layer(layer, valid=valid, keep=keep, logits=None, probs_exact=att.probs_exact,
-                                out_exact=att.out_exact, out_pruned=att.out_pruned, exact_arg=att.exact_arg)
+                tally.add_layer(layer, valid=valid, keep=keep, logits=None, probs_exact=None,
+                                out_exact=att.out_exact, out_pruned=att.out_pruned, exact_arg=att.exact_arg,
+                                mass_kept=att.mass_kept)
                 if output is not None:
                     output[at, h0:h1] = att.out_pruned
                 if layer_mask is not None:

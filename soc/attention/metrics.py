@@ -58,17 +58,20 @@ def _rel_err(err_sq: float, ref_sq: float) -> float:
 _VALID_ROWS = MaskMemo()  # (rows with a valid key, valid pairs) of a validity: once per run
 
 
-def layer_counts(valid: np.ndarray, keep: np.ndarray, logits: np.ndarray | None, probs_exact: np.ndarray,
-                 out_exact: np.ndarray, out_pruned: np.ndarray, exact_arg: np.ndarray | None = None) -> _Counts:
+def layer_counts(valid: np.ndarray, keep: np.ndarray, logits: np.ndarray | None, probs_exact: np.ndarray | None,
+                 out_exact: np.ndarray, out_pruned: np.ndarray, exact_arg: np.ndarray | None = None,
+                 mass_kept: np.ndarray | None = None) -> _Counts:
     """The accuracy counters of one layer (or a slice of its heads); arrays (H, Sq, Sk) / (H, Sq, D).
 
     ``exact_arg`` (H, Sq), each row's first maximum of the logits over its valid keys, replaces ``logits``
-    when the caller has it already."""
+    when the caller has it already; ``mass_kept`` (H, Sq), each row's exact probability on its kept keys,
+    replaces ``probs_exact``."""
     heads = keep.shape[0]
     rows_valid, n_valid = _VALID_ROWS.get((valid,), None, lambda: (valid.any(axis=-1), int(np.count_nonzero(valid))))
     row_has_valid = np.broadcast_to(rows_valid, keep.shape[:-1])
     row_has_kept = keep.any(axis=-1)
-    mass = np.einsum("hqk,hqk->hq", probs_exact, keep, dtype=np.float64, casting="unsafe")
+    mass = mass_kept if mass_kept is not None else \
+        np.einsum("hqk,hqk->hq", probs_exact, keep, dtype=np.float64, casting="unsafe")
     # argmax returns the first maximum and kept keys are a subset of valid ones, so the pruned argmax equals
     # the exact one exactly when the exact argmax key is kept.
     if exact_arg is None:
@@ -95,10 +98,10 @@ class AccuracyTally:
     layers: dict[int, _Counts] = field(default_factory=dict)
 
     def add_layer(self, layer: int, *, valid: np.ndarray, keep: np.ndarray, logits: np.ndarray | None,
-                  probs_exact: np.ndarray, out_exact: np.ndarray, out_pruned: np.ndarray,
-                  exact_arg: np.ndarray | None = None) -> None:
+                  probs_exact: np.ndarray | None, out_exact: np.ndarray, out_pruned: np.ndarray,
+                  exact_arg: np.ndarray | None = None, mass_kept: np.ndarray | None = None) -> None:
         """Add the pairs of ``layer`` (all heads or a slice of them): shapes as in :func:`layer_counts`."""
-        counts = layer_counts(valid, keep, logits, probs_exact, out_exact, out_pruned, exact_arg)
+        counts = layer_counts(valid, keep, logits, probs_exact, out_exact, out_pruned, exact_arg, mass_kept)
         self.layers.setdefault(layer, _Counts()).merge(counts)
 
     def total(self) -> _Counts:

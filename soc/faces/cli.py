@@ -45,7 +45,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from soc.trace import load_trace
 
         trace = load_trace(trace_path(args.trace), mmap=True, max_bytes=trace_budget())
-        check_replay_memory(trace)
+        check_replay_memory(trace, cfg)
         bar.advance()
     from soc.decode import decode_layout
     if decode_layout(trace) is not None:  # a decode trace: a prefill, then one simulation per step
@@ -141,20 +141,44 @@ def available_memory() -> int:
         return 8 * 2**30
 
 
-# the functional pass holds a few (seq_q x seq_len) arrays of one head at a time: scores, approximate scores,
-# probabilities (float32) and masks (bool): README "Limits" measures about 20 bytes a pair
-BYTES_PER_PAIR = 20
+#: The functional pass's peak per (query, key) pair of the head it works on: measured 8.6 B (an encoder) and
+#: 9.3 B (causal) at seq 8192, one head (README "Limits"), rounded up
+BYTES_PER_PAIR = 10
+#: The whole run's chunk table: 14 int32 columns a tile (soc.attention.table)
+CHUNK_BYTES_PER_TILE = 56
+#: One layer's timing table while its run lasts (~0.2 KB a tile, soc.system)
+TIMING_BYTES_PER_TILE = 200
 
 
-def check_replay_memory(trace: Any) -> None:
-    """Refuse, before any work, a trace whose one head's score matrix cannot fit in memory."""
-    pairs = int(trace.meta.seq_q) * int(trace.meta.seq_len)
-    need = pairs * BYTES_PER_PAIR
+def replay_tiles(seq_q: int, seq_k: int, causal: bool, query_offset: int, q_tile: int, k_tile: int) -> int:
+    """Chunks of one head holding a valid pair: the tiles the run keeps a row of the chunk table for."""
+    import numpy as np
+
+    nk = -(-seq_k // k_tile)
+    if not causal:
+        return -(-seq_q // q_tile) * nk
+    last_row = np.minimum(np.arange(q_tile, seq_q + q_tile, q_tile), seq_q) - 1  # each query tile's last row
+    return int(np.minimum(nk, (last_row + query_offset) // k_tile + 1).sum())
+
+
+def check_replay_memory(trace: Any, cfg: Any) -> None:
+    """Refuse, before any work, a replay that cannot fit in memory: one head's score matrices in the functional
+    pass, plus the whole run's chunk table and one layer's timing table."""
+    m = trace.meta
+    pairs = int(m.seq_q) * int(m.seq_len)
+    k_tile = cfg.cim.key_tile(int(m.head_dim))  # < 1: the SoC is refused when built, naming the config
+    per_head = replay_tiles(int(m.seq_q), int(m.seq_len), bool(m.causal), int(m.query_offset),
+                            cfg.dataflow.q_tile_rows, k_tile) if k_tile >= 1 else 0
+    layer_tiles = per_head * int(m.heads)
+    need_scores = pairs * BYTES_PER_PAIR
+    need_tables = layer_tiles * (int(m.layers) * CHUNK_BYTES_PER_TILE + TIMING_BYTES_PER_TILE)
     have = available_memory()
-    if need > have:
-        raise SocError(f"{_short(trace.path or '<trace>')}: one head of seq {trace.meta.seq_len} needs about "
-                       f"{need / 1e9:,.1f} GB for its score matrices ({trace.meta.seq_q} x {trace.meta.seq_len} "
-                       f"pairs), {have / 1e9:,.1f} GB is available; use a shorter trace")
+    if need_scores + need_tables > have:
+        raise SocError(f"{_short(trace.path or '<trace>')}: a replay of {m.layers} layers x {m.heads} heads at seq "
+                       f"{m.seq_len} needs about {(need_scores + need_tables) / 1e9:,.1f} GB ({need_scores / 1e9:,.1f} "
+                       f"GB for one head's {m.seq_q} x {m.seq_len} score matrices, {need_tables / 1e9:,.1f} GB for "
+                       f"the tables of {layer_tiles * int(m.layers):,} tiles), {have / 1e9:,.1f} GB is available; "
+                       f"use a shorter trace or fewer layers")
 
 
 def _timeline(args: argparse.Namespace):
