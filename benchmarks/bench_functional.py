@@ -38,6 +38,7 @@ from soc.config import load_config  # noqa: E402
 from soc.faces.bench import dense_attention_s  # noqa: E402  (the floor soc bench measures)
 from soc.simulate import pruning_spec  # noqa: E402
 from soc.trace import synth_trace  # noqa: E402
+from soc.io import write_text  # noqa: E402
 
 
 def _noise_draw(layers: int, heads: int, seq_q: int, seq_k: int) -> None:
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, t in med.items():
         print(f"  {name:24s} {t:8.3f} s CPU  {t / floor:5.2f}x dense attention")
     if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        write_text(Path(args.out), json.dumps(result, indent=2) + "\n")
         print(f"  wrote {args.out}")
     return 0
 
