@@ -33,8 +33,9 @@ from soc.simulate import pruning_spec
 trace = _synth({workload!r}, {seq_len}, {layers}, heads={heads})
 m = trace.meta
 cfg = load_config({root!r} + "/configs/hybrid65nm.yaml")
+spec = pruning_spec(cfg)
 run = lambda: run_functional(trace.q, trace.k, trace.v, scale=m.scale, causal=m.causal,
-                             query_offset=m.query_offset, pruning=pruning_spec(cfg), q_tile=cfg.dataflow.q_tile_rows,
+                             query_offset=m.query_offset, pruning=spec, q_tile=cfg.dataflow.q_tile_rows,
                              k_tile=cfg.cim.key_tile(m.head_dim), seed=cfg.seed)
 run()
 best = float("inf")

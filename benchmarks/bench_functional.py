@@ -3,10 +3,10 @@
     python3 benchmarks/bench_functional.py [--workload bert-base] [--seq-len 512] [--layers N]
                                            [--repeats 5] [--legacy] [--out FILE.json]
 
-In one process and in rotating order, ``--repeats`` times each: the floor (numpy dense attention as ``soc bench``
-measures it: Q.K^T, the causal mask if any, softmax, P.V of every layer in float32), the functional pass of ``soc run`` (the config's pruning: a
-calibrated threshold with analog noise), the same pass without thermal noise, and the noise draw alone (the
-readout's draw of ``soc.attention.approx``, one value per pair).
+In one process and in rotating order, ``--repeats`` times each: the floor (numpy dense attention as ``soc
+bench`` measures it: Q.K^T, the causal mask if any, softmax, P.V of every layer in float32), the functional
+pass of ``soc run`` (the config's pruning: a calibrated threshold with analog noise), the same pass without
+thermal noise, and the noise draw alone (the readout's draw of ``soc.attention.approx``, one value per pair).
 ``--legacy`` adds the pass this one replaced (tests/legacy_functional.py). Medians of CPU time (and of wall
 time) are reported, and each figure as a ratio of the floor's median CPU time: on a shared machine the ratios
 move less than the seconds.

@@ -358,7 +358,9 @@ def test_the_memory_check_counts_the_tiles_the_run_keeps(monkeypatch, causal, of
     """The check's tile count equals the functional pass's chunk table, and a run whose tables would not fit
     is refused before any work with what they need."""
     from soc.attention.functional import run_functional
+    from soc.attention.plan import live_chunks
     from soc.attention.spec import LayerRule, PruningSpec
+    from soc.attention.table import CHUNK_ROW_BYTES
     from soc.errors import SocError
     from soc.faces import cli
 
@@ -367,7 +369,8 @@ def test_the_memory_check_counts_the_tiles_the_run_keeps(monkeypatch, causal, of
     q, k, v = (rng.standard_normal((2, 3, n, 8)).astype(np.float32) for n in (seq_q, seq_k, seq_k))
     func = run_functional(q, k, v, scale=0.3, causal=causal, query_offset=offset,
                           pruning=PruningSpec(LayerRule("threshold", target_kept_fraction=0.3)), q_tile=8, k_tile=16)
-    assert cli.replay_tiles(seq_q, seq_k, causal, offset, 8, 16) * 3 * 2 == len(func.chunks["layer"])
+    assert live_chunks(seq_q, seq_k, causal, offset, 8, 16) * 3 * 2 == len(func.chunks["layer"])
+    assert CHUNK_ROW_BYTES == sum(col.itemsize for col in func.chunks.values())
 
     trace = load_trace(TINY)
     monkeypatch.setattr(cli, "available_memory", lambda: 1000)

@@ -34,6 +34,16 @@ def tile_counts(n: int, tile: int) -> np.ndarray:
     return np.minimum(tile, n - starts).astype(np.int64)
 
 
+def live_chunks(seq_q: int, seq_k: int, causal: bool, query_offset: int, q_tile: int, k_tile: int) -> int:
+    """Chunks of one head that hold a valid pair (the rows :func:`chunk_counts` keeps), from the shape alone:
+    every chunk without causality, else those whose first key some row of the query tile may see."""
+    nk = -(-seq_k // k_tile)
+    if not causal:
+        return -(-seq_q // q_tile) * nk
+    last_row = np.minimum(np.arange(q_tile, seq_q + q_tile, q_tile), seq_q) - 1  # each query tile's last row
+    return int(np.minimum(nk, (last_row + query_offset) // k_tile + 1).sum())
+
+
 def _tiled(mask: np.ndarray, q_tile: int, k_tile: int) -> np.ndarray:
     """(H, Sq, Sk) -> (H, nq, q_tile, nk, k_tile), padding with False (a view when the tiles fit exactly)."""
     heads, seq_q, seq_k = mask.shape

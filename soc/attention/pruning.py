@@ -172,7 +172,7 @@ def calibrate_thresholds(approx: np.ndarray, valid: np.ndarray, target_kept_frac
         if share <= 0:  # the forced pairs alone reach the target: a finite reference above every score
             return approx.reshape(heads, -1).max(axis=1).astype(np.float64) + 1.0
         valid, target_kept_fraction = free, min(share, 1.0)
-    shared = None if valid.all() else valid  # a full validity needs no mask at all
+    shared = None if all_valid(valid) else valid  # a full validity needs no mask at all
     if granularity == "layer":
         return np.full(heads, _set_quantile(approx, shared, target_kept_fraction, blocks, scratch))
     if shared is not None and shared.ndim == 3:

@@ -18,6 +18,8 @@ CHUNK_INDEX_KEYS = ("layer", "head", "qtile", "ktile", "kv_head")
 #: Counts and indices fit in int32: a chunk holds at most q_tile x k_tile pairs, a trace far fewer than 2**31
 #: tiles per axis.
 CHUNK_DTYPE = np.int32
+#: Bytes of one chunk-table row: every index and count column.
+CHUNK_ROW_BYTES = (len(CHUNK_INDEX_KEYS) + len(COUNT_KEYS)) * np.dtype(CHUNK_DTYPE).itemsize
 
 
 def group_chunks(counts: dict[str, np.ndarray], live: np.ndarray) -> dict[str, np.ndarray]:

@@ -2,13 +2,13 @@
 
 A busy machine slows the simulator and its floors alike, so only ratios are compared with targets (absolute
 times are context). Times are CPU seconds of this process (``time.process_time``): on a shared machine they
-move far less than wall time; the whole run's wall time is reported beside. Every repeat runs, in rotating order: the whole simulation of BERT-base (functional pass
-and event loop), a raw SimPy pipeline of the same shape (four stages per CIM/digital pair, Store hand-offs
-and one Resource per stage, as many tiles), and numpy dense attention on the same Q/K/V at one BLAS thread.
-The median of the repeats is reported, beside the four matrix products the functional pass needs (the array's
-scores, the exact scores, P.V exact and pruned). Then a scaling curve (one layer, seq 512..8192, each point the
-median of the repeats: cost per tile should stay flat) and a Llama-7B-shaped prefill measured on one whole layer (32 heads, seq 4096) and
-extrapolated to 32 layers.
+move far less than wall time; the whole run's wall time is reported beside. Every repeat runs, in rotating
+order: the whole simulation of BERT-base (functional pass and event loop), a raw SimPy pipeline of the same
+shape (four stages per CIM/digital pair, Store hand-offs and one Resource per stage, as many tiles), and numpy
+dense attention on the same Q/K/V at one BLAS thread. The median of the repeats is reported, beside the four
+matrix products the functional pass needs (the array's scores, the exact scores, P.V exact and pruned). Then a
+scaling curve (one layer, seq 512..8192, each point the median of the repeats: cost per tile should stay flat)
+and a Llama-7B-shaped prefill measured on one whole layer (32 heads, seq 4096) and extrapolated to 32 layers.
 """
 
 from __future__ import annotations

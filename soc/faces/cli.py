@@ -141,37 +141,27 @@ def available_memory() -> int:
         return 8 * 2**30
 
 
-#: The functional pass's peak per (query, key) pair of the head it works on: measured 8.6 B (an encoder) and
-#: 9.3 B (causal) at seq 8192, one head (README "Limits"), rounded up
+#: The functional pass's peak per (query, key) pair of the head it works on: 8.6 B (an encoder) and 9.3 B
+#: (causal) at seq 8192, one head (benchmarks/bench_pair_memory.py), rounded up
 BYTES_PER_PAIR = 10
-#: The whole run's chunk table: 14 int32 columns a tile (soc.attention.table)
-CHUNK_BYTES_PER_TILE = 56
 #: One layer's timing table while its run lasts (~0.2 KB a tile, soc.system)
 TIMING_BYTES_PER_TILE = 200
-
-
-def replay_tiles(seq_q: int, seq_k: int, causal: bool, query_offset: int, q_tile: int, k_tile: int) -> int:
-    """Chunks of one head holding a valid pair: the tiles the run keeps a row of the chunk table for."""
-    import numpy as np
-
-    nk = -(-seq_k // k_tile)
-    if not causal:
-        return -(-seq_q // q_tile) * nk
-    last_row = np.minimum(np.arange(q_tile, seq_q + q_tile, q_tile), seq_q) - 1  # each query tile's last row
-    return int(np.minimum(nk, (last_row + query_offset) // k_tile + 1).sum())
 
 
 def check_replay_memory(trace: Any, cfg: Any) -> None:
     """Refuse, before any work, a replay that cannot fit in memory: one head's score matrices in the functional
     pass, plus the whole run's chunk table and one layer's timing table."""
+    from soc.attention.plan import live_chunks
+    from soc.attention.table import CHUNK_ROW_BYTES
+
     m = trace.meta
     pairs = int(m.seq_q) * int(m.seq_len)
     k_tile = cfg.cim.key_tile(int(m.head_dim))  # < 1: the SoC is refused when built, naming the config
-    per_head = replay_tiles(int(m.seq_q), int(m.seq_len), bool(m.causal), int(m.query_offset),
-                            cfg.dataflow.q_tile_rows, k_tile) if k_tile >= 1 else 0
+    per_head = live_chunks(int(m.seq_q), int(m.seq_len), bool(m.causal), int(m.query_offset),
+                           cfg.dataflow.q_tile_rows, k_tile) if k_tile >= 1 else 0
     layer_tiles = per_head * int(m.heads)
     need_scores = pairs * BYTES_PER_PAIR
-    need_tables = layer_tiles * (int(m.layers) * CHUNK_BYTES_PER_TILE + TIMING_BYTES_PER_TILE)
+    need_tables = layer_tiles * (int(m.layers) * CHUNK_ROW_BYTES + TIMING_BYTES_PER_TILE)
     have = available_memory()
     if need_scores + need_tables > have:
         raise SocError(f"{_short(trace.path or '<trace>')}: a replay of {m.layers} layers x {m.heads} heads at seq "
