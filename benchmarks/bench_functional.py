@@ -33,23 +33,11 @@ import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 from soc.attention.functional import run_functional  # noqa: E402
-from soc.attention.approx import _noise_levels, noise_codes  # noqa: E402
 from soc.config import load_config  # noqa: E402
-from soc.faces.bench import dense_attention_s  # noqa: E402  (the floor soc bench measures)
+from soc.faces.bench import dense_attention_s, noise_draw_s  # noqa: E402  (what soc bench measures)
 from soc.simulate import pruning_spec  # noqa: E402
 from soc.trace import synth_trace  # noqa: E402
 from soc.io import write_text  # noqa: E402
-
-
-def _noise_draw(layers: int, heads: int, seq_q: int, seq_k: int) -> None:
-    """The analog readout's noise draw, as soc.attention.approx makes it: one 16-bit level index per pair from
-    each head's generator, mapped to the normal levels (whole matrices, as for an encoder)."""
-    levels = _noise_levels()
-    out = np.empty((seq_q, seq_k), np.float32)
-    for layer in range(layers):
-        for h in range(heads):
-            idx = noise_codes(np.random.default_rng([0, 0, layer, h]), seq_q * seq_k).reshape(seq_q, seq_k)
-            np.take(levels, idx, out=out, mode="clip")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         "numpy_dense_attention": lambda: dense_attention_s(trace.q, trace.k, trace.v, m.causal),
         "functional": functional(spec),
         "functional_no_noise": functional(quiet),
-        "noise_draw_only": lambda: _noise_draw(m.layers, m.heads, trace.seq_q, m.seq_len),
+        "noise_draw_only": lambda: noise_draw_s(m.layers, m.heads, trace.seq_q, m.seq_len),
     }
     if args.legacy:
         import legacy_functional

@@ -84,9 +84,11 @@ def _quantile_in_band(x: np.ndarray, valid: np.ndarray | None, n: int, target: f
     p = kth / n
     half = BAND_SIGMAS * math.sqrt(max(p * (1 - p), 1.0 / sample.size) / sample.size) + 2.0 / sample.size
     i_lo, i_hi = int(math.floor((p - half) * sample.size)), int(math.ceil((p + half) * sample.size))
-    ends = [i for i in (i_lo, i_hi) if 0 <= i < sample.size]
-    if ends:
-        sample.partition(ends)
+    start = 0
+    for i in (i_lo, i_hi):  # one kth at a time: numpy's partition with two kth is ~7x slower than two calls
+        if start <= i < sample.size:
+            sample[start:].partition(i - start)
+            start = i + 1
     lo = sample[i_lo] if 0 <= i_lo < sample.size else -np.inf
     hi = sample[i_hi] if 0 <= i_hi < sample.size else np.inf
     n_inside, bands = 0, []
@@ -97,7 +99,8 @@ def _quantile_in_band(x: np.ndarray, valid: np.ndarray | None, n: int, target: f
             inside &= valid[..., r0:r1, :end]
         n_inside += int(np.count_nonzero(inside))
         inside &= np.less_equal(xb, hi, out=scratch_array(scratch, "temp", xb.shape, bool))
-        bands.append(xb[inside])
+        # the flagged values in memory order; on a contiguous block an index gather beats a boolean one
+        bands.append(xb.reshape(-1).take(np.flatnonzero(inside)) if xb.flags.c_contiguous else xb[inside])
     n_below = n - n_inside
     band = bands[0] if len(bands) == 1 else np.concatenate(bands)  # the same values, whatever their order
     n_above = n - n_below - band.size

@@ -106,6 +106,23 @@ def pass_products_s(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> float:
     return time.process_time() - t0
 
 
+def noise_draw_s(layers: int, heads: int, seq_q: int, seq_k: int) -> float:
+    """CPU seconds of the analog readout's thermal-noise draw over every layer, as
+    :func:`soc.attention.approx.approx_scores` makes it: one 16-bit level index per pair from each head's
+    generator, mapped to the normal levels (whole matrices, as for an encoder). Context for the functional
+    target: work the pass's noise model requires, that the dense floor does not do."""
+    from soc.attention.approx import _noise_levels, noise_codes
+
+    levels = _noise_levels()
+    out = np.empty((seq_q, seq_k), np.float32)
+    t0 = time.process_time()
+    for layer in range(layers):
+        for h in range(heads):
+            idx = noise_codes(np.random.default_rng([0, 0, layer, h]), seq_q * seq_k).reshape(seq_q, seq_k)
+            np.take(levels, idx, out=out, mode="wrap")
+    return time.process_time() - t0
+
+
 def _simulate(cfg: Any, trace: Any) -> dict[str, float]:
     """One whole simulation; times are CPU seconds of this process (a loaded machine inflates wall time far
     more than CPU time), the wall time beside them. ``event_loop_s`` is the timing runs' own CPU time (one per
@@ -168,6 +185,7 @@ def run_bench(repeats: int = 3, quick: bool = False, config: str = "configs/hybr
         floor_events = runs["floor"][0][1]
         dense_s = statistics.median(runs["dense"])
         products_s = pass_products_s(trace.q, trace.k, trace.v)
+        noise_s = noise_draw_s(trace.meta.layers, trace.meta.heads, trace.q.shape[2], trace.k.shape[2])
         tiles, floor_tiles = med["tiles"], sum(shape_floor)
         visit_us = med["event_loop_s"] / (tiles * STAGES) * 1e6
         floor_visit_us = floor_s / (floor_tiles * STAGES) * 1e6
@@ -217,7 +235,7 @@ def run_bench(repeats: int = 3, quick: bool = False, config: str = "configs/hybr
         "soc": med,
         "floors": {"simpy_pipeline_s": floor_s, "simpy_pipeline_events": floor_events,
                    "simpy_pipeline_tiles": floor_tiles, "numpy_dense_attention_s": dense_s,
-                   "pass_matrix_products_s": products_s},
+                   "pass_matrix_products_s": products_s, "pass_noise_draw_s": noise_s},
         "per_tile": {"events": med["events"] / tiles, "floor_events": floor_events / floor_tiles,
                      "visit_us": visit_us, "floor_visit_us": floor_visit_us},
         "curve": curve, "curve_spread": spread,
@@ -233,7 +251,8 @@ def run_bench(repeats: int = 3, quick: bool = False, config: str = "configs/hybr
                 TARGETS["visit_cost_vs_simpy"], "x", f"{visit_us:.2f} us vs {floor_visit_us:.2f} us"),
         _target("functional pass vs numpy dense attention (1 BLAS thread)", med["functional_s"] / dense_s,
                 TARGETS["functional_vs_dense"], "x", f"{med['functional_s']:.2f} s vs {dense_s:.2f} s; the "
-                f"pass's four matrix products alone {products_s:.2f} s ({products_s / dense_s:.2f}x)"),
+                f"pass's four matrix products alone {products_s:.2f} s ({products_s / dense_s:.2f}x), with the "
+                f"readout's noise draw {products_s + noise_s:.2f} s ({(products_s + noise_s) / dense_s:.2f}x)"),
         _target(f"{workload} seq {seq_len} whole run (CPU s; its wall time on a quiet machine)", med["total_s"],
                 TARGETS["bert_wall_s"], " s", f"event loop {med['event_loop_s']:.2f} s"),
         _target("Llama-7B-shaped prefill, 32 layers, seq 4096 (extrapolated)",
