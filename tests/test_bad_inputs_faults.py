@@ -47,6 +47,27 @@ def test_ctrl_c_during_start_up_exits_130_without_a_traceback(tmp_path, delay_s)
         assert err.strip().splitlines()[-1] == "soc: interrupted"
 
 
+def test_ctrl_c_inside_an_import_lock_callback_is_delivered_not_printed():
+    """A SIGINT that lands in a callback Python cannot raise from (the import lock's weakref callback, where a
+    start-up Ctrl-C once printed "Exception ignored ... Traceback" and was lost) reaches the main thread
+    instead, as the KeyboardInterrupt the CLI turns into exit 130."""
+    campaign.COUNTS["faults"] += 1
+    code = ("import sys, time, weakref\n"
+            "import soc.__main__ as cli\n"
+            "sys.unraisablehook = cli._interrupt_in_callback  # as cli.run() installs it\n"
+            "class Lock: pass\n"
+            "def callback(_): raise KeyboardInterrupt\n"
+            "lock = Lock(); ref = weakref.ref(lock, callback)\n"
+            "try:\n"
+            "    del lock\n"
+            "    time.sleep(5)\n"
+            "    print('lost')\n"
+            "except KeyboardInterrupt:\n"
+            "    print('delivered')\n")
+    out = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=60)
+    assert (out.stdout.strip(), out.stderr) == ("delivered", "")
+
+
 @pytest.mark.parametrize("fifo_as", ["config", "extends"])
 def test_a_fifo_config_is_refused_without_blocking(tmp_path, fifo_as):
     campaign.COUNTS["faults"] += 1
