@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import math
-
 import numpy as np
 
 
@@ -226,7 +224,7 @@ class AttentionWork:
     results equal :func:`softmax_masked` + :func:`weighted_sum` over ``valid`` and over ``keep`` bit for bit in
     one block, and to float32 rounding over several (a row's sums then run over its block's keys only). A
     block runs a few heads at a time (about :data:`HEAD_GROUP_PAIRS` pairs), each step in the same memory at the
-    start of the buffers, so that its passes stay in a core's cache. ``heads``: the most heads of one call (the
+    start of the scratch's buffers, so that its passes stay in a core's cache. ``heads``: the most heads of one call (the
     buffers grow to what the calls ask).
     """
 
@@ -257,68 +255,65 @@ class AttentionWork:
         """keep = valid for ``heads`` heads (what the 'none' rule keeps)."""
         return np.broadcast_to(self.valid, (heads, *self.valid.shape)).copy()
 
+    def _steps(self, heads: int):
+        """(head slice, first row, end row, keys) of each step: one block's rows for a few of the heads."""
+        for r0, r1, end in self.blocks:
+            step = max(1, HEAD_GROUP_PAIRS // ((r1 - r0) * end))
+            for g0 in range(0, heads, step):
+                yield slice(g0, min(g0 + step, heads)), r0, r1, end
+
     def attend(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float,
                keep: np.ndarray | None) -> PairOutputs:
         """Attention of q (H, Sq, D) over k, v (H, Sk, D): exact over valid pairs, pruned over ``keep``
         (None: no pruning, the pruned output is the exact one). The logits overwrite the scratch's approximate
         scores: ``keep`` must be made from them already."""
         heads, seq_q, _ = q.shape
-        shape = (heads, *self.shape[1:])
-        x = self.scratch.get("scores", shape, np.float32)  # where keep's approximate scores were
         q32, k32, v32 = (np.asarray(a, np.float32) for a in (q, k, v))
         out_exact = np.empty((heads, seq_q, v32.shape[-1]), np.float32)
         out_pruned = out_exact if keep is None else np.empty_like(out_exact)
-        p = None if keep is None else self.scratch.get("pruned", shape, np.float32)
         exact_arg = np.empty((heads, seq_q), np.int64)
         mass = np.empty((heads, seq_q), np.float64)
-        for r0, r1, end in self.blocks:
-            step = max(1, HEAD_GROUP_PAIRS // ((r1 - r0) * end))
-            for g0 in range(0, heads, step):
-                g = slice(g0, min(g0 + step, heads))
-                step_shape = (g.stop - g0, r1 - r0, end)  # keys past ``end`` no row of the block may see
-                xb = _front(x, step_shape)
-                np.matmul(q32[g, r0:r1], k32[g, :end].transpose(0, 2, 1), out=xb)
-                xb *= np.float32(scale)
-                if self.row_ends is not None:
-                    for row in range(r0, r1):
-                        xb[:, row - r0, self.row_ends[row]:] = -np.inf
-                elif self.invalid is not None:
-                    np.copyto(xb, np.float32(-np.inf), where=self.invalid[r0:r1, :end])
-                arg = exact_arg[g, r0:r1, None]
-                arg[...] = xb.argmax(axis=-1)[..., None]
-                row_max = np.take_along_axis(xb, arg, axis=-1)  # the max itself, without a second pass
-                if keep is None:  # the 'none' rule keeps the valid pairs
-                    kb = np.broadcast_to(self.valid[r0:r1, :end], xb.shape).copy()
-                else:
-                    kb = keep[g, r0:r1, :end]
-                redo = saved = None
-                if keep is not None:
-                    hit = np.take_along_axis(kb, arg, axis=-1)[..., 0]
-                    redo = np.nonzero(~hit)  # (heads, rows) of the rows whose exact argmax key was pruned
-                    saved = xb[redo]
-                _exp_shifted(xb, row_max)
-                if keep is None:
-                    _normalize(xb)
-                    mass[g, r0:r1] = _mass(xb, kb)
-                    out_exact[g, r0:r1] = weighted_sum(xb, v32[g, :end])
-                    continue
-                pb = _front(p, step_shape)
-                np.multiply(xb, kb, out=pb)
-                if redo[0].size:
-                    rows = np.where(kb[redo], saved, np.float32(-np.inf))
-                    _exp_shifted(rows)
-                    pb[redo] = rows
-                _normalize(pb)
+        for g, r0, r1, end in self._steps(heads):
+            # keys past ``end`` no row of the block may see: never computed. The logits take the start of the
+            # approximate scores' buffer (done with), each step the same cache-warm memory.
+            xb = self.scratch.get("scores", (g.stop - g.start, r1 - r0, end), np.float32)
+            np.matmul(q32[g, r0:r1], k32[g, :end].transpose(0, 2, 1), out=xb)
+            xb *= np.float32(scale)
+            if self.row_ends is not None:
+                for row in range(r0, r1):
+                    xb[:, row - r0, self.row_ends[row]:] = -np.inf
+            elif self.invalid is not None:
+                np.copyto(xb, np.float32(-np.inf), where=self.invalid[r0:r1, :end])
+            arg = exact_arg[g, r0:r1, None]
+            arg[...] = xb.argmax(axis=-1)[..., None]
+            row_max = np.take_along_axis(xb, arg, axis=-1)  # the max itself, without a second pass
+            if keep is None:  # the 'none' rule keeps the valid pairs
+                kb = np.broadcast_to(self.valid[r0:r1, :end], xb.shape).copy()
+            else:
+                kb = keep[g, r0:r1, :end]
+            redo = saved = None
+            if keep is not None:
+                hit = np.take_along_axis(kb, arg, axis=-1)[..., 0]
+                redo = np.nonzero(~hit)  # (heads, rows) of the rows whose exact argmax key was pruned
+                saved = xb[redo]
+            _exp_shifted(xb, row_max)
+            if keep is None:
                 _normalize(xb)
                 mass[g, r0:r1] = _mass(xb, kb)
                 out_exact[g, r0:r1] = weighted_sum(xb, v32[g, :end])
-                out_pruned[g, r0:r1] = weighted_sum(pb, v32[g, :end])
+                continue
+            pb = self.scratch.get("pruned", xb.shape, np.float32)
+            np.multiply(xb, kb, out=pb)
+            if redo[0].size:
+                rows = np.where(kb[redo], saved, np.float32(-np.inf))
+                _exp_shifted(rows)
+                pb[redo] = rows
+            _normalize(pb)
+            _normalize(xb)
+            mass[g, r0:r1] = _mass(xb, kb)
+            out_exact[g, r0:r1] = weighted_sum(xb, v32[g, :end])
+            out_pruned[g, r0:r1] = weighted_sum(pb, v32[g, :end])
         return PairOutputs(mass, out_exact, out_pruned, exact_arg)
-
-
-def _front(buf: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """A C-contiguous ``shape`` view of the start of ``buf``: every step reuses the same, cache-warm memory."""
-    return buf.reshape(-1)[:math.prod(shape)].reshape(shape)
 
 
 def _mass(probs: np.ndarray, keep: np.ndarray) -> np.ndarray:
