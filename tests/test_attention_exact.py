@@ -168,8 +168,11 @@ def test_noise_is_gaussian_in_integer_units():
         approx_scores(q, k, CimQuantSpec(noise_sigma_lsb=1.0), 0.5)
 
 
+@pytest.mark.parametrize("heads_per_step", [None, 1])
 @pytest.mark.parametrize("mask", ["full", "causal", "scattered"])
-def test_attention_work_equals_two_masked_softmaxes_bit_for_bit(rng, mask):
+def test_attention_work_equals_two_masked_softmaxes_bit_for_bit(rng, monkeypatch, mask, heads_per_step):
+    """All heads in one step, or one head a step (what a large head gets, HEAD_GROUP_PAIRS): the same bits."""
+    from soc.attention import exact
     from soc.attention.exact import AttentionWork, scores, softmax_masked, weighted_sum
 
     heads, sq, sk, d = 3, 20, 24, 8
@@ -179,7 +182,10 @@ def test_attention_work_equals_two_masked_softmaxes_bit_for_bit(rng, mask):
     valid[3] = False  # a row with no valid key
     keep = valid & (rng.random((heads, sq, sk)) < 0.4)
     keep[:, 5] = False  # an empty kept row
-    work = AttentionWork(heads, sq, sk, valid)
+    if heads_per_step:
+        monkeypatch.setattr(exact, "HEAD_GROUP_PAIRS", heads_per_step * sq * sk)
+    work = AttentionWork(valid)
+    assert len(list(work._steps(heads))) == (heads if heads_per_step else 1)
     logits = scores(q, k, 0.3)
     for kept in (keep, None):
         got = work.attend(q, k, v, 0.3, kept)

@@ -70,7 +70,12 @@ def test_an_encoder_head_in_row_blocks_gives_the_whole_matrix_results(monkeypatc
     q, k, v = make_trace(seed=5, seq_q=40, seq_k=40)
     valid = exact.valid_mask(40, 40, False)
     assert exact.row_blocks(valid) == [(0, 16, 40), (16, 32, 40), (32, 40, 40)]
-    assert exact.AttentionWork(2, 40, 40, valid).pruned.shape == (2, 16, 40)  # one block's rows, not 40
+    work = exact.AttentionWork(valid)
+    heads = q.shape[1]
+    k_h, v_h = (exact.expand_kv(x[0], heads) for x in (k, v))
+    work.attend(q[0], k_h, v_h, 0.3, np.broadcast_to(valid, (heads, 40, 40)).copy())
+    held = work.scratch.held_bytes()
+    assert held["scores"] == held["pruned"] == heads * 16 * 40 * 4  # one block's rows of float32, not 40
     _assert_same(_run(functional, q, k, v, **case), _run(legacy, q, k, v, **case))
 
 
@@ -175,9 +180,10 @@ def test_causal_row_blocks_give_the_whole_matrix_attention(offset):
     assert len(row_blocks(valid)) == 3
     keep = (rng.random((2, seq_q, seq_k)) < 0.3) & valid
     keep[:, :, 0] = True
-    work = AttentionWork(2, seq_q, seq_k, valid)
-    assert work.pruned.shape == (2, 256, seq_k)  # the softmax buffers hold one block's rows
+    work = AttentionWork(valid)
     got = work.attend(q, k, v, 0.25, keep)
+    # the softmax buffers hold one step: one block's rows (256, up to its last key) for as many heads as fit
+    assert work.scratch.held_bytes()["pruned"] <= 2 * 256 * seq_k * 4
     out_exact, probs = attention(q, k, v, 0.25, True, offset)
     out_pruned, _ = attention(q, k, v, 0.25, True, offset, keep=keep)
     # a row's mass on its kept keys: float64 sums of its block's probabilities (float32 rounding of each)
@@ -201,9 +207,9 @@ def test_keys_no_row_may_see_read_zero_probability():
     assert row_blocks(valid) == [(0, 5, 8)]
     keep = valid & (rng.random((2, 5, 20)) < 0.5)
     keep[:, :, 0] = True
-    work = AttentionWork(2, 5, 20, valid)
-    work.logits[:] = np.nan  # stale buffer contents
-    work.pruned[:] = np.nan
+    work = AttentionWork(valid)
+    for role in ("scores", "pruned"):  # stale buffer contents where the softmax works
+        work.scratch.get(role, (2, 5, 20), np.float32)[:] = np.nan
     got = work.attend(q, k, v, 0.5, keep)
     out_exact, probs = attention(q, k, v, 0.5, True, 3)
     out_pruned, _ = attention(q, k, v, 0.5, True, 3, keep=keep)

@@ -91,6 +91,10 @@ class Scratch:
             buf = self._buffers[name] = np.empty(nbytes, np.uint8)
         return buf[:nbytes].view(dtype).reshape(shape)
 
+    def held_bytes(self) -> dict[str, int]:
+        """Bytes each role's buffer holds: what the roles add to a run's memory."""
+        return {name: buf.nbytes for name, buf in self._buffers.items()}
+
 
 def scratch_array(scratch: Scratch | None, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
     """``scratch.get(name, shape, dtype)``, or a fresh array without a scratch."""
@@ -223,12 +227,12 @@ class AttentionWork:
     the last key their rows may see (:func:`row_blocks`): the rest is zero probability, never computed. The
     results equal :func:`softmax_masked` + :func:`weighted_sum` over ``valid`` and over ``keep`` bit for bit in
     one block, and to float32 rounding over several (a row's sums then run over its block's keys only). A
-    block runs a few heads at a time (about :data:`HEAD_GROUP_PAIRS` pairs), each step in the same memory at the
-    start of the scratch's buffers, so that its passes stay in a core's cache. ``heads``: the most heads of one call (the
-    buffers grow to what the calls ask).
+    block runs a few heads at a time (about :data:`HEAD_GROUP_PAIRS` pairs), each step in the same memory at
+    the start of the scratch's buffers, so that its passes stay in a core's cache and the buffers hold one
+    step's pairs.
     """
 
-    def __init__(self, heads: int, seq_q: int, seq_k: int, valid: np.ndarray) -> None:
+    def __init__(self, valid: np.ndarray) -> None:
         self.valid = valid
         self.blocks = row_blocks(valid)
         ends = prefix_ends(valid)
@@ -236,20 +240,7 @@ class AttentionWork:
         self.row_ends = None if ends is None else ends.tolist()
         # any other validity: the invalid pairs, masked by a copy (None: every pair is valid)
         self.invalid = None if ends is not None or all_valid(valid) else ~valid
-        # one block's rows at a time: a causal head's softmax never holds the whole score matrix
-        self.shape = (heads, max(r1 - r0 for r0, r1, _ in self.blocks), seq_k)
         self.scratch = Scratch()  # the scoring, pruning and softmax buffers, kept across head slices
-
-    @property
-    def pruned(self) -> np.ndarray:
-        """The pruned probabilities' buffer (H, block rows, Sk), the scratch's ``"pruned"``."""
-        return self.scratch.get("pruned", self.shape, np.float32)
-
-    @property
-    def logits(self) -> np.ndarray:
-        """The exact logits' buffer (H, block rows, Sk): the start of the scratch's ``"scores"``, whose
-        approximate scores are done with once the keep mask is made, so one buffer serves both."""
-        return self.scratch.get("scores", self.shape, np.float32)
 
     def dense_keep(self, heads: int) -> np.ndarray:
         """keep = valid for ``heads`` heads (what the 'none' rule keeps)."""
@@ -299,7 +290,7 @@ class AttentionWork:
             _exp_shifted(xb, row_max)
             if keep is None:
                 _normalize(xb)
-                mass[g, r0:r1] = _mass(xb, kb)
+                mass[g, r0:r1] = kept_mass(xb, kb)
                 out_exact[g, r0:r1] = weighted_sum(xb, v32[g, :end])
                 continue
             pb = self.scratch.get("pruned", xb.shape, np.float32)
@@ -310,15 +301,14 @@ class AttentionWork:
                 pb[redo] = rows
             _normalize(pb)
             _normalize(xb)
-            mass[g, r0:r1] = _mass(xb, kb)
+            mass[g, r0:r1] = kept_mass(xb, kb)
             out_exact[g, r0:r1] = weighted_sum(xb, v32[g, :end])
             out_pruned[g, r0:r1] = weighted_sum(pb, v32[g, :end])
         return PairOutputs(mass, out_exact, out_pruned, exact_arg)
 
 
-def _mass(probs: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    """Each row's probability on the kept keys, summed in float64 (as soc.attention.metrics did on the whole
-    matrices)."""
+def kept_mass(probs: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Each row's probability on the kept keys (H, Sq), summed in float64: probs (H, Sq, Sk), keep bool."""
     return np.einsum("hqk,hqk->hq", probs, keep, dtype=np.float64, casting="unsafe")
 
 

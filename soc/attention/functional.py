@@ -251,8 +251,7 @@ def run_functional(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, scale: float,
     per_layer: list[dict] = []
     output = np.empty((len(chosen), heads, seq_q, head_dim), dtype=np.float32) if keep_output else None
     masks: list[np.ndarray] | None = [] if keep_masks else None
-    width = slices[0][1] - slices[0][0]
-    work = AttentionWork(width, seq_q, seq_k, valid)
+    work = AttentionWork(valid)
 
     with progress.task("functional pass", total=len(chosen), unit="layer") as bar:
         for at, layer in enumerate(chosen):

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from soc.attention.exact import MaskMemo
+from soc.attention.exact import MaskMemo, kept_mass
 
 
 @dataclass
@@ -70,8 +70,7 @@ def layer_counts(valid: np.ndarray, keep: np.ndarray, logits: np.ndarray | None,
     rows_valid, n_valid = _VALID_ROWS.get((valid,), None, lambda: (valid.any(axis=-1), int(np.count_nonzero(valid))))
     row_has_valid = np.broadcast_to(rows_valid, keep.shape[:-1])
     row_has_kept = keep.any(axis=-1)
-    mass = mass_kept if mass_kept is not None else \
-        np.einsum("hqk,hqk->hq", probs_exact, keep, dtype=np.float64, casting="unsafe")
+    mass = mass_kept if mass_kept is not None else kept_mass(probs_exact, keep)
     # argmax returns the first maximum and kept keys are a subset of valid ones, so the pruned argmax equals
     # the exact one exactly when the exact argmax key is kept.
     if exact_arg is None:

@@ -85,7 +85,7 @@ def _quantile_in_band(x: np.ndarray, valid: np.ndarray | None, n: int, target: f
     half = BAND_SIGMAS * math.sqrt(max(p * (1 - p), 1.0 / sample.size) / sample.size) + 2.0 / sample.size
     i_lo, i_hi = int(math.floor((p - half) * sample.size)), int(math.ceil((p + half) * sample.size))
     start = 0
-    for i in (i_lo, i_hi):  # one kth at a time: numpy's partition with two kth is ~7x slower than two calls
+    for i in (i_lo, i_hi):  # one kth at a time: numpy's partition with two kth is several times slower than two calls
         if start <= i < sample.size:
             sample[start:].partition(i - start)
             start = i + 1

@@ -5,10 +5,11 @@ times are context). Times are CPU seconds of this process (``time.process_time``
 move far less than wall time; the whole run's wall time is reported beside. Every repeat runs, in rotating
 order: the whole simulation of BERT-base (functional pass and event loop), a raw SimPy pipeline of the same
 shape (four stages per CIM/digital pair, Store hand-offs and one Resource per stage, as many tiles), and numpy
-dense attention on the same Q/K/V at one BLAS thread. The median of the repeats is reported, beside the four
-matrix products the functional pass needs (the array's scores, the exact scores, P.V exact and pruned). Then a
-scaling curve (one layer, seq 512..8192, each point the median of the repeats: cost per tile should stay flat)
-and a Llama-7B-shaped prefill measured on one whole layer (32 heads, seq 4096) and extrapolated to 32 layers.
+dense attention on the same Q/K/V at one BLAS thread. The median of the repeats is reported, beside the work
+the functional pass cannot drop: its four matrix products (the array's scores, the exact scores, P.V exact and
+pruned), the analog readout's noise draw and one exact softmax. Then a scaling curve (one layer, seq
+512..8192, each point the median of the repeats: cost per tile should stay flat) and a Llama-7B-shaped prefill
+measured on one whole layer (32 heads, seq 4096) and extrapolated to 32 layers.
 """
 
 from __future__ import annotations
@@ -284,7 +285,8 @@ def format_bench(r: dict[str, Any]) -> str:
     lines = [
         f"soc bench: {w['model']} {w['layers']}x{w['heads']} heads, seq {w['seq_len']}, head_dim {w['head_dim']}, "
         f"{w['tiles']:,} tiles; median of {r['machine']['repeats']} interleaved runs",
-        f"  simulator  {s['total_s']:.2f} s CPU ({s['wall_s']:.2f} s wall): functional {s['functional_s']:.2f} s, event loop {s['event_loop_s']:.2f} s, baselines {s['baselines_s']:.2f} s "
+        f"  simulator  {s['total_s']:.2f} s CPU ({s['wall_s']:.2f} s wall): functional {s['functional_s']:.2f} s, "
+        f"event loop {s['event_loop_s']:.2f} s, baselines {s['baselines_s']:.2f} s "
         f"({s['events']:,.0f} events, {p['events']:.1f} per tile, {p['visit_us']:.2f} us per tile-stage visit)",
         f"  floors     raw SimPy pipeline {f['simpy_pipeline_s']:.2f} s ({p['floor_events']:.1f} events per tile, "
         f"{p['floor_visit_us']:.2f} us per visit); numpy dense attention {f['numpy_dense_attention_s']:.2f} s",
